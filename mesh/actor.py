@@ -1,0 +1,197 @@
+"""The actor base: links to the router and the supervisor, one asyncio loop, clean stop.
+
+An actor is embeddable: it takes an optional ``zmq.Context`` and explicit endpoints and
+never reads configuration itself. ``handle()`` runs synchronously for each control
+message; data loops call ``poll_control()`` between frames so that a PAUSE is served
+before the next frame is written, whatever is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import zmq
+
+from .link import Link
+from .protocol import Goodbye, Hello, Message, Ready, Shutdown
+from .sockets import Counters, log
+
+TICK_S = 0.05  # bookkeeping granularity; heartbeats are coarser
+
+
+class Actor:
+    kind: ClassVar[str] = "actor"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        router: str | None = None,
+        supervisor: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        heartbeat_s: float = 0.5,
+        liveness: int = 3,
+    ) -> None:
+        self.name = name
+        self.router_endpoint = router
+        self.supervisor_endpoint = supervisor
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self._own_context = context is None
+        self.context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        self.counters = Counters()
+        self.links: dict[str, Link] = {}
+        self.started = False
+        self._stop: asyncio.Event | None = None
+        self._timers: list[tuple[float, Callable[[float], None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- hooks for subclasses ---------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Load models, bind servers... Ready is announced after this returns."""
+
+    async def on_stop(self) -> None:
+        """Release what on_start took."""
+
+    def handle(self, msg: Message) -> None:
+        """Serve one control message from the router (synchronous: schedule long work)."""
+        self.counters.bump("unhandled")
+
+    def on_router_connect(self) -> None:
+        """The router (re)learned about us: re-send whatever state it needs."""
+
+    def info(self) -> dict[str, Any]:
+        """Heartbeat payload (load, sessions, models...)."""
+        return {}
+
+    # --- services ---------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bool:
+        """Send to the router."""
+        link = self.links.get("router")
+        if link is None:
+            self.counters.bump("no_router")
+            return False
+        return link.send(msg)
+
+    def poll_control(self) -> None:
+        """Serve every control message that has arrived (call between frames)."""
+        for link in self.links.values():
+            link.drain()
+
+    def every(self, interval_s: float, fn: Callable[[float], None]) -> None:
+        """Call ``fn(now)`` about every ``interval_s`` (granularity TICK_S)."""
+        self._timers.append((interval_s, fn))
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a task owned by the actor: kept referenced, cancelled at stop, errors logged."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters.bump("task_errors")
+            log.error("%s: task failed", self.name, exc_info=task.exception())
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from signal handlers via loop.call_soon_threadsafe)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _ready(self) -> Ready:
+        return Ready(name=self.name, kind=self.kind, pid=os.getpid(), info=self.info())
+
+    def _link(self, which: str, endpoint: str, on_connect: Callable[[], None]) -> Link:
+        return Link(
+            self.context,
+            endpoint,
+            self.name,
+            lambda msg: self._dispatch(which, msg),
+            on_connect,
+            heartbeat_s=self.heartbeat_s,
+            liveness=self.liveness,
+            counters=self.counters,
+            heartbeat_info=self.info,
+        )
+
+    def _announce(self, which: str) -> None:
+        link = self.links[which]
+        link.send(self._ready())
+        if which == "router":
+            self.on_router_connect()
+
+    def _dispatch(self, which: str, msg: Message) -> None:
+        if isinstance(msg, Shutdown):
+            log.info("%s: shutdown requested", self.name)
+            self.stop()
+        elif isinstance(msg, Hello):
+            self._announce(which)
+        elif which == "router":
+            try:
+                self.handle(msg)
+            except Exception:  # one bad message must never kill the actor
+                self.counters.bump("handler_errors")
+                log.exception("%s: error handling %s", self.name, type(msg).__name__)
+        else:
+            self.counters.bump("unhandled")
+
+    async def run(self) -> None:
+        """Start, announce, serve until stop(), then shut down cleanly."""
+        self._stop = asyncio.Event()
+        try:
+            await self.on_start()
+            self.started = True
+            for which, endpoint in (
+                ("router", self.router_endpoint),
+                ("supervisor", self.supervisor_endpoint),
+            ):
+                if endpoint:
+                    self.links[which] = self._link(
+                        which, endpoint, functools.partial(self._announce, which)
+                    )
+                    self.links[which].open()
+            next_fire = [0.0] * len(self._timers)
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for link in self.links.values():
+                    link.tick(now)
+                for i, (interval, fn) in enumerate(self._timers):
+                    if now >= next_fire[i]:
+                        next_fire[i] = now + interval
+                        fn(now)
+                if len(next_fire) < len(self._timers):
+                    next_fire.extend([0.0] * (len(self._timers) - len(next_fire)))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), TICK_S)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for link in self.links.values():
+            link.send(Goodbye(reason="stopping"))
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            if self.started:
+                await self.on_stop()
+        finally:
+            for link in self.links.values():
+                link.close()
+            self.links.clear()
+            if self._own_context:
+                self.context.term()

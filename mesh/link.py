@@ -1,0 +1,134 @@
+"""A DEALER link to one ROUTER (the router actor or the supervisor), Paranoid Pirate style.
+
+Heartbeats go out every interval; any inbound message counts as one from the peer. After
+``liveness`` silent intervals the peer is presumed dead: the socket is closed (linger 0) and
+a fresh one opened after a backoff that doubles up to a cap, and ``on_connect`` runs again
+so the actor re-introduces itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import zmq
+
+from . import protocol
+from .protocol import Heartbeat, Message, ProtocolError
+from .sockets import Counters, Readable, configure, log, log_drop, recv_all
+
+BACKOFF_MAX_S = 4.0
+
+
+class Link:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        identity: str,
+        on_message: Callable[[Message], None],
+        on_connect: Callable[[], None],
+        *,
+        heartbeat_s: float = 0.5,
+        liveness: int = 3,
+        counters: Counters | None = None,
+        heartbeat_info: Callable[[], dict[str, object]] = dict,
+    ) -> None:
+        self.endpoint = endpoint
+        self.identity = identity
+        self.heartbeat_s = heartbeat_s
+        self.liveness_max = liveness
+        self.counters = counters if counters is not None else Counters()
+        self._ctx = context
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._heartbeat_info = heartbeat_info
+        self._sock: zmq.Socket[bytes] | None = None
+        self._readable: Readable | None = None
+        self.liveness = liveness
+        self._backoff = heartbeat_s
+        self._next_heartbeat = 0.0
+        self._reconnect_at = 0.0
+        self.last_inbound = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def open(self) -> None:
+        """Create, connect and announce (call from the loop's thread)."""
+        sock = self._ctx.socket(zmq.DEALER)
+        configure(sock)
+        sock.setsockopt(zmq.IDENTITY, self.identity.encode())
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._readable = Readable(sock, self.drain)
+        self.liveness = self.liveness_max
+        self._next_heartbeat = time.monotonic() + self.heartbeat_s
+        self._on_connect()
+
+    def close(self) -> None:
+        if self._readable is not None:
+            self._readable.close()
+            self._readable = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def send(self, msg: Message) -> bool:
+        """Queue ``msg`` without blocking; False (and counted) if it cannot go now."""
+        if self._sock is None:
+            self.counters.bump("send_while_disconnected")
+            return False
+        try:
+            self._sock.send_multipart(protocol.encode(msg), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log_drop(
+                self.counters, "send_failed", f"{type(msg).__name__} to {self.endpoint}: {exc}"
+            )
+            return False
+        finally:
+            if self._readable is not None:
+                self._readable.kick()
+        return True
+
+    def drain(self) -> None:
+        """Handle every message waiting now (never blocks)."""
+        if self._sock is None:
+            return
+        for frames in recv_all(self._sock):
+            self.liveness = self.liveness_max
+            self._backoff = self.heartbeat_s
+            self.last_inbound = time.monotonic()
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError as exc:
+                log_drop(self.counters, "malformed", exc)
+                continue
+            if isinstance(msg, Heartbeat):
+                continue
+            self._on_message(msg)
+
+    def tick(self, now: float) -> None:
+        """Heartbeat, liveness and reconnect bookkeeping; call a few times per interval."""
+        if self._sock is None:
+            if now >= self._reconnect_at:
+                self.counters.bump("reconnects")
+                self.open()
+            return
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.heartbeat_s
+        self.liveness -= 1
+        if self.liveness <= 0:
+            log.warning(
+                "%s: peer at %s silent, reconnecting in %.1fs",
+                self.identity,
+                self.endpoint,
+                self._backoff,
+            )
+            self.close()
+            self._reconnect_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            return
+        self.send(Heartbeat(info=self._heartbeat_info()))

@@ -1,0 +1,82 @@
+"""Plumbing shared by links and hubs: asyncio readiness for plain zmq sockets, counters.
+
+Sockets stay synchronous (non-blocking sends and receives) and are driven from the asyncio
+loop through the socket's edge-triggered FD. That lets a data loop drain control messages
+synchronously between two frames: control is always served before data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import zmq
+
+log = logging.getLogger("voxmesh.mesh")
+
+# Bounded queues: a dead peer must never make a sender block or hoard memory.
+SNDHWM = 10_000
+RCVHWM = 10_000
+
+
+def configure(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.setsockopt(zmq.RCVHWM, RCVHWM)
+
+
+class Readable:
+    """Calls ``drain`` whenever ``sock`` may have input, from the running asyncio loop.
+
+    The zmq FD is edge-triggered and a send can consume its edge, so after every send
+    the owner calls ``kick()`` to schedule one more drain.
+    """
+
+    def __init__(self, sock: zmq.Socket[bytes], drain: Callable[[], None]) -> None:
+        self._sock = sock
+        self._drain = drain
+        self._loop = asyncio.get_running_loop()
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._kicked = False
+        self._loop.add_reader(self._fd, self._on_ready)
+        self.kick()
+
+    def _on_ready(self) -> None:
+        self._kicked = False
+        self._drain()
+
+    def kick(self) -> None:
+        if not self._kicked:
+            self._kicked = True
+            self._loop.call_soon(self._on_ready)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+
+
+def recv_all(sock: zmq.Socket[bytes], limit: int = 1000) -> list[list[bytes]]:
+    """Every multipart message waiting on ``sock`` (at most ``limit``), without blocking."""
+    out: list[list[bytes]] = []
+    try:
+        while len(out) < limit and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            out.append(sock.recv_multipart(zmq.NOBLOCK))
+    except zmq.Again:
+        pass
+    return out
+
+
+class Counters(Counter[str]):
+    """Named event counts (malformed, dropped, reconnects...), reported in heartbeats."""
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self[name] += n
+
+
+def log_drop(counters: Counters, what: str, detail: object) -> None:
+    counters.bump(what)
+    # Rate-limit by powers of two so a flood of garbage cannot flood the log.
+    n = counters[what]
+    if n & (n - 1) == 0:
+        log.warning("%s (#%d): %s", what, n, detail)
