@@ -1,0 +1,200 @@
+"""The ASR actor: faster-whisper (tiny.en) over each session's mic audio, on request.
+
+It keeps the last ``KEEP_S`` of every session's mic stream and transcribes the span the
+router asks for. Finals go before partials, and only the newest request per session and
+kind is kept: a partial that is overtaken is worthless, and the CPU is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.protocol import AsrRequest, Message, SessionClose, SessionOpen, Transcript
+from voxmesh.mesh.ring import MIC_RATE, RingSegment
+from voxmesh.mesh.sockets import log
+from voxmesh.speech.asr import WhisperAsr
+from voxmesh.supervisor.spec import ActorSpec
+
+from .micreader import MicSession, check_slot
+
+KEEP_S = 30
+POLL_S = 0.02
+
+
+class MicBuffer:
+    """The tail of one session's mic stream with absolute sample positions (gaps = silence)."""
+
+    def __init__(self, keep: int = KEEP_S * MIC_RATE) -> None:
+        self.keep = keep
+        self.start = 0  # absolute index of data[0]
+        self.data = np.zeros(0, np.int16)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.data.size
+
+    def append(self, at: int, pcm: np.ndarray) -> None:
+        if at > self.end:  # frames lost to an overrun: keep positions right
+            pcm = np.concatenate([np.zeros(at - self.end, np.int16), pcm])
+        elif at < self.end:
+            pcm = pcm[self.end - at :]
+        self.data = np.concatenate([self.data, pcm])
+        if self.data.size > self.keep:
+            drop = self.data.size - self.keep
+            self.data = self.data[drop:]
+            self.start += drop
+
+    def span(self, start: int, end: int) -> np.ndarray:
+        lo, hi = max(start, self.start) - self.start, min(end, self.end) - self.start
+        return self.data[lo:hi] if hi > lo else np.zeros(0, np.int16)
+
+
+class AsrActor(Actor):
+    kind = "asr"
+
+    def __init__(
+        self,
+        name: str = "asr",
+        *,
+        router: str,
+        supervisor: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        segment: str,
+        model: str = "",
+        threads: int = 2,
+        window_pad_s: float = 3.0,
+        heartbeat_s: float = 0.5,
+        liveness: int = 3,
+    ) -> None:
+        super().__init__(
+            name,
+            router=router,
+            supervisor=supervisor,
+            context=context,
+            heartbeat_s=heartbeat_s,
+            liveness=liveness,
+        )
+        self.segment_name = segment
+        self.model_path = model or None
+        self.threads = threads
+        self.window_pad_s = window_pad_s
+        self.asr: WhisperAsr | None = None
+        self.segment: RingSegment | None = None
+        self.sessions: dict[str, tuple[MicSession, MicBuffer]] = {}
+        self.pending: dict[tuple[bool, str], AsrRequest] = {}  # (final, session) -> newest
+        self._wake = asyncio.Event()
+        self.busy = False
+
+    async def on_start(self) -> None:
+        log.info("%s: loading Whisper tiny.en", self.name)
+        self.asr = await asyncio.to_thread(
+            WhisperAsr, self.model_path, cpu_threads=self.threads, pad_s=self.window_pad_s
+        )
+        await asyncio.to_thread(self.asr.warmup)
+        self.segment = RingSegment.attach(self.segment_name)
+        self.spawn(self._read_loop())
+        self.spawn(self._work_loop())
+
+    async def on_stop(self) -> None:
+        self.sessions.clear()
+        if self.segment is not None:
+            self.segment.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"sessions": len(self.sessions), "queued": len(self.pending), "busy": self.busy}
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, AsrRequest):
+            if msg.session not in self.sessions or msg.end <= msg.start:
+                self.counters.bump("bad_request")
+                return
+            self.pending[(msg.final, msg.session)] = msg
+            self._wake.set()
+        elif isinstance(msg, SessionOpen):
+            assert self.segment is not None
+            if not check_slot(self.segment, msg.slot):
+                self.counters.bump("bad_slot")
+                return
+            mic = MicSession.open(self.segment, msg.session, msg.slot, msg.generation)
+            self.sessions[msg.session] = (mic, MicBuffer())
+        elif isinstance(msg, SessionClose):
+            self.sessions.pop(msg.session, None)
+            for final in (True, False):
+                self.pending.pop((final, msg.session), None)
+        else:
+            self.counters.bump("unexpected")
+
+    def _drain_mic(self) -> None:
+        for sid, (mic, buf) in list(self.sessions.items()):
+            if mic.stale:
+                del self.sessions[sid]
+                continue
+            for start, pcm in mic.frames():
+                buf.append(start, pcm)
+
+    async def _read_loop(self) -> None:
+        while True:
+            self._drain_mic()
+            await asyncio.sleep(POLL_S)
+
+    def _next_request(self) -> AsrRequest | None:
+        for final in (True, False):
+            for key in list(self.pending):
+                if key[0] == final:
+                    return self.pending.pop(key)
+        return None
+
+    async def _work_loop(self) -> None:
+        assert self.asr is not None
+        while True:
+            req = self._next_request()
+            if req is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._drain_mic()  # the VAD may have seen frames we have not copied yet
+            entry = self.sessions.get(req.session)
+            if entry is None:
+                continue
+            audio = entry[1].span(req.start, req.end)
+            t0 = time.perf_counter()
+            self.busy = True
+            try:
+                text = await asyncio.to_thread(self.asr.transcribe, audio)
+            except Exception:  # a model failure must not kill the actor
+                log.exception("%s: transcription failed", self.name)
+                self.counters.bump("asr_errors")
+                text = ""
+            finally:
+                self.busy = False
+            self.send(
+                Transcript(
+                    session=req.session,
+                    turn=req.turn,
+                    text=text.strip(),
+                    final=req.final,
+                    end=req.end,
+                    elapsed_ms=(time.perf_counter() - t0) * 1000,
+                )
+            )
+
+
+def build(spec: ActorSpec) -> AsrActor:
+    cfg = spec.section("asr")
+    return AsrActor(
+        spec.name,
+        router=spec.router,
+        supervisor=spec.supervisor,
+        segment=spec.segment,
+        model=str(cfg.get("model", "")),
+        threads=int(cfg.get("threads", 2)),
+        window_pad_s=float(cfg.get("window_pad_s", 3.0)),
+        heartbeat_s=spec.heartbeat_s,
+        liveness=spec.liveness,
+    )

@@ -1,0 +1,60 @@
+"""One conversation's state as the router sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+
+class State(enum.StrEnum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    PAUSED = "paused"
+
+
+@dataclass
+class Reply:
+    """One bot utterance: its text as sent to TTS and what became of it."""
+
+    utterance: int
+    text: str = ""
+    complete: bool = False  # every chunk has been sent to TTS
+    samples: int = 0  # total 48 kHz samples, known at SPEAK_DONE
+    released: bool = False  # frames may go out (False while pre-generated under HOLD)
+
+
+@dataclass
+class Session:
+    id: str
+    slot: int
+    generation: int
+    client: str
+    state: State = State.LISTENING
+    epoch: int = 0
+    turn: int = 0  # bumps per user turn; stale transcripts carry an older one
+    turn_start: int = 0  # mic sample where the user's current turn began
+    vad_speaking: bool = False  # the VAD's latest word: speech (start/resume) or not
+    pending_end: int | None = None  # sample of a tentative end (speech_pause) being transcribed
+    turn_end: int | None = None  # confirmed end (speech_end)
+    transcripts: dict[int, str] = field(default_factory=dict)  # end sample -> final text
+    tts: str | None = None  # TTS actor serving this session (sticky)
+    utterances: int = 0
+    reply: Reply | None = None
+    cut_reply: Reply | None = None  # stopped, awaiting its PLAYBACK_ENDED (what was heard)
+    reply_task: asyncio.Task[None] | None = None
+    onset_sample: int = 0  # where a barge-in began
+    confirm_timer: asyncio.TimerHandle | None = None
+    confirm_due: bool = False  # the interruption timer ran out during a speech pause
+    partial_inflight_since: float = 0.0
+    last_progress: float = 0.0  # watchdog: last sign of frames flowing
+    progress_mark: tuple[int, int] = (0, 0)  # (out head, out tail) at last_progress
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    def cancel_timer(self) -> None:
+        if self.confirm_timer is not None:
+            self.confirm_timer.cancel()
+            self.confirm_timer = None
+        self.confirm_due = False

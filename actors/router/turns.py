@@ -1,0 +1,375 @@
+"""Turn-taking and barge-in (DESIGN section 2), one session at a time.
+
+listening -> user_speaking -> thinking -> speaking -> listening, and speaking -> paused on
+speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a STOP if the
+user keeps talking for ``interrupt_min_ms`` (or ASR hears words), or a RESUME + RELEASE if the
+noise ends first. The end of a user turn is transcribed speculatively at the first silence,
+and the reply is synthesized under HOLD while the VAD confirms the end, so the first frame
+is ready the moment the turn is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from voxmesh.mesh.protocol import (
+    AsrRequest,
+    Hold,
+    Message,
+    Pause,
+    PlaybackEnded,
+    PlaybackStarted,
+    Release,
+    Resume,
+    Speak,
+    SpeakDone,
+    Stop,
+    Transcript,
+    VadEvent,
+)
+from voxmesh.speech.chunking import SentenceChunker
+
+from .responder import Responder
+from .session import Reply, Session, State
+
+
+class Outbox(Protocol):
+    def to_transport(self, msg: Message) -> None: ...
+    def to_tts(self, session: Session, msg: Message) -> bool: ...
+    def to_asr(self, msg: Message) -> None: ...
+    def event(self, session: Session, event: dict[str, Any]) -> None: ...
+    def mic_head(self, session: Session) -> int: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    interrupt_min_ms: int = 300
+    partial_interval_ms: int = 600
+    watchdog_ms: int = 2000
+    first_chunk_words: int = 6
+
+
+class TurnEngine:
+    def __init__(self, out: Outbox, responder: Responder, cfg: TurnConfig) -> None:
+        self.out = out
+        self.responder = responder
+        self.cfg = cfg
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _set_state(self, s: Session, state: State) -> None:
+        if s.state != state:
+            s.state = state
+            self.out.event(s, {"type": "state", "state": state.value})
+
+    def _pause_output(self, s: Session) -> None:
+        """PAUSE + HOLD at once: the transport stops within a frame and clears the client."""
+        self.out.to_tts(s, Pause(session=s.id, epoch=s.epoch))
+        self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=time.monotonic()))
+
+    def _stop_output(self, s: Session) -> None:
+        """Drop the reply: new epoch, so every older frame and message is dead."""
+        if s.reply_task is not None:
+            s.reply_task.cancel()
+            s.reply_task = None
+        if s.reply is not None:
+            s.cut_reply, s.reply = s.reply, None
+        s.epoch += 1
+        self.out.to_tts(s, Stop(session=s.id, epoch=s.epoch))
+        self.out.to_transport(Stop(session=s.id, epoch=s.epoch))
+
+    def _request_asr(self, s: Session, end: int, final: bool) -> None:
+        self.out.to_asr(
+            AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=end, final=final)
+        )
+
+    def _new_turn(self, s: Session, start: int) -> None:
+        s.turn += 1
+        s.turn_start = start
+        s.pending_end = None
+        s.turn_end = None
+        s.transcripts.clear()
+        s.partial_inflight_since = 0.0
+
+    # --- VAD -------------------------------------------------------------------------------
+
+    def on_vad(self, s: Session, ev: VadEvent) -> None:
+        handler = {
+            "speech_start": self._speech_start,
+            "speech_pause": self._speech_pause,
+            "speech_resume": self._speech_resume,
+            "speech_end": self._speech_end,
+        }.get(ev.kind)
+        if handler is not None:
+            handler(s, ev)
+
+    def _speech_start(self, s: Session, ev: VadEvent) -> None:
+        s.vad_speaking = True
+        self.out.event(s, {"type": "vad", "event": "speech_start", "sample": ev.sample})
+        if s.state == State.SPEAKING:
+            self._pause_output(s)
+            s.onset_sample = ev.sample
+            s.cancel_timer()
+            s.confirm_timer = asyncio.get_running_loop().call_later(
+                self.cfg.interrupt_min_ms / 1000, self._confirm_due, s
+            )
+            self._set_state(s, State.PAUSED)
+        elif s.state == State.THINKING:
+            # The user went on talking before the reply played: drop it, keep the turn whole.
+            self._stop_output(s)
+            self._new_turn(s, s.turn_start)
+            self._set_state(s, State.USER_SPEAKING)
+        elif s.state == State.LISTENING:
+            self._new_turn(s, ev.sample)
+            self._set_state(s, State.USER_SPEAKING)
+
+    def _speech_pause(self, s: Session, ev: VadEvent) -> None:
+        s.vad_speaking = False
+        if s.state == State.USER_SPEAKING:
+            s.pending_end = ev.sample
+            self._request_asr(s, ev.sample, final=True)
+
+    def _speech_resume(self, s: Session, ev: VadEvent) -> None:
+        s.vad_speaking = True
+        if s.state == State.PAUSED and s.confirm_due:
+            self._interrupt(s)
+        elif s.state == State.USER_SPEAKING:
+            s.pending_end = None
+            if s.reply is not None:  # a reply pre-generated under HOLD: the turn goes on
+                self._stop_output(s)
+
+    def _speech_end(self, s: Session, ev: VadEvent) -> None:
+        s.vad_speaking = False
+        self.out.event(s, {"type": "vad", "event": "speech_end", "sample": ev.sample})
+        if s.state == State.PAUSED:  # a cough, an "mm-hmm": carry on where the user left off
+            s.cancel_timer()
+            self.out.to_tts(s, Resume(session=s.id, epoch=s.epoch))
+            self.out.to_transport(Release(session=s.id, epoch=s.epoch))
+            self._set_state(s, State.SPEAKING)
+        elif s.state == State.USER_SPEAKING:
+            s.turn_end = ev.sample
+            self._set_state(s, State.THINKING)
+            if ev.sample in s.transcripts:
+                self._turn_confirmed(s, s.transcripts[ev.sample])
+            elif s.pending_end != ev.sample:
+                self._request_asr(s, ev.sample, final=True)
+
+    def _confirm_due(self, s: Session) -> None:
+        s.confirm_timer = None
+        if s.state != State.PAUSED:
+            return
+        if s.vad_speaking:
+            self._interrupt(s)
+        else:
+            s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
+
+    def _interrupt(self, s: Session) -> None:
+        """A real interruption: the bot yields the floor to the user's new turn."""
+        s.cancel_timer()
+        self._stop_output(s)
+        self._new_turn(s, s.onset_sample)
+        self._set_state(s, State.USER_SPEAKING)
+
+    # --- ASR -------------------------------------------------------------------------------
+
+    def on_transcript(self, s: Session, tr: Transcript) -> None:
+        if tr.turn != s.turn:
+            return  # an older turn's answer
+        if not tr.final:
+            s.partial_inflight_since = 0.0
+            if tr.text:
+                self.out.event(s, {"type": "transcript", "text": tr.text, "final": False})
+            if s.state == State.PAUSED and tr.text:
+                self._interrupt(s)  # ASR hears words: not a cough
+            return
+        s.transcripts[tr.end] = tr.text
+        if s.state == State.THINKING and tr.end == s.turn_end and s.reply is None:
+            self._turn_confirmed(s, tr.text)
+        elif s.state == State.USER_SPEAKING and tr.end == s.pending_end and tr.text:
+            self._start_reply(s, tr.text, held=True)  # speculative: gated until speech_end
+
+    def _turn_confirmed(self, s: Session, text: str) -> None:
+        if not text.strip():
+            if s.reply is not None:
+                self._stop_output(s)
+            self._set_state(s, State.LISTENING)
+            return
+        self.out.event(s, {"type": "transcript", "text": text, "final": True})
+        if s.reply is None:
+            self._start_reply(s, text, held=False)
+        else:
+            s.reply.released = True
+            self.out.event(s, {"type": "reply", "text": s.reply.text})
+            self.out.to_transport(Release(session=s.id, epoch=s.epoch))
+        s.history.append({"role": "user", "content": text})
+
+    def poll_partials(self, s: Session, now: float) -> None:
+        if s.state not in (State.USER_SPEAKING, State.PAUSED):
+            return
+        stale = now - s.partial_inflight_since > 2 * self.cfg.partial_interval_ms / 1000
+        if s.partial_inflight_since and not stale:
+            return
+        start = s.onset_sample if s.state == State.PAUSED else s.turn_start
+        head = self.out.mic_head(s)
+        if head - start >= 16000 * 0.3:
+            s.partial_inflight_since = now
+            self.out.to_asr(
+                AsrRequest(session=s.id, turn=s.turn, start=start, end=head, final=False)
+            )
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def say(self, s: Session, text: str, *, as_user: bool) -> None:
+        """Client text: ``as_user`` answers it as if spoken; else speak it verbatim."""
+        if s.state in (State.SPEAKING, State.PAUSED, State.THINKING) or s.reply is not None:
+            self.interrupt_now(s, next_state=State.THINKING)
+        if as_user:
+            self._new_turn(s, self.out.mic_head(s))
+            self.out.event(s, {"type": "transcript", "text": text, "final": True})
+            self._start_reply(s, text, held=False)
+            s.history.append({"role": "user", "content": text})
+        else:
+            self._start_reply(s, text, held=False, verbatim=True)
+        self._set_state(s, State.THINKING)
+
+    def interrupt_now(self, s: Session, next_state: State = State.LISTENING) -> None:
+        """The client's explicit interrupt: stop now, whatever the state."""
+        s.cancel_timer()
+        if s.reply is not None or s.state in (State.SPEAKING, State.PAUSED, State.THINKING):
+            self._pause_output(s)
+            self._stop_output(s)
+        self._set_state(s, next_state)
+
+    def _start_reply(self, s: Session, text: str, *, held: bool, verbatim: bool = False) -> None:
+        s.utterances += 1
+        reply = Reply(utterance=s.utterances, released=not held)
+        s.reply = reply
+        if held:
+            self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=time.monotonic()))
+        s.last_progress = time.monotonic()
+        history = list(s.history)  # before this turn's user text is appended
+        s.reply_task = self.out.spawn(self._stream_reply(s, reply, text, verbatim, history))
+
+    async def _stream_reply(
+        self, s: Session, reply: Reply, text: str, verbatim: bool, history: list[dict[str, str]]
+    ) -> None:
+        epoch = s.epoch
+        chunker = SentenceChunker(first_max_words=self.cfg.first_chunk_words)
+        pending: list[str] = []
+        first = True
+
+        def send(chunk: str, last: bool) -> None:
+            nonlocal first
+            msg = Speak(
+                session=s.id,
+                slot=s.slot,
+                epoch=epoch,
+                utterance=reply.utterance,
+                text=chunk,
+                first=first,
+                last=last,
+            )
+            first = False
+            if not self.out.to_tts(s, msg):
+                raise RuntimeError("no TTS actor available")
+
+        try:
+            deltas = _once(text) if verbatim else self.responder.reply(history, text)
+            async for delta in deltas:
+                reply.text += delta
+                pending.extend(chunker.push(delta))
+                while len(pending) > 1:  # keep one back: the last chunk must say last=True
+                    send(pending.pop(0), last=False)
+            pending.extend(chunker.flush())
+            if not pending:
+                pending = [reply.text or "..."]
+            for i, chunk in enumerate(pending):
+                send(chunk, last=i == len(pending) - 1)
+            reply.complete = True
+            if reply.released:
+                self.out.event(s, {"type": "reply", "text": reply.text})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.out.event(s, {"type": "error", "code": "responder_failed", "message": str(exc)})
+            if s.epoch == epoch:
+                self._stop_output(s)
+                self._set_state(s, State.LISTENING)
+        finally:
+            if s.reply_task is asyncio.current_task():
+                s.reply_task = None
+
+    # --- playback --------------------------------------------------------------------------
+
+    def on_speak_done(self, s: Session, msg: SpeakDone) -> None:
+        if msg.epoch != s.epoch or s.reply is None or msg.utterance != s.reply.utterance:
+            return
+        s.reply.samples = msg.samples
+        s.last_progress = time.monotonic()
+        if msg.error:
+            self.out.event(s, {"type": "error", "code": "tts_failed", "message": msg.error})
+            self.recover(s)
+
+    def on_playback_started(self, s: Session, msg: PlaybackStarted) -> None:
+        if msg.epoch != s.epoch:
+            return
+        s.last_progress = time.monotonic()
+        if s.state == State.THINKING:
+            self._set_state(s, State.SPEAKING)
+
+    def on_playback_ended(self, s: Session, msg: PlaybackEnded) -> None:
+        for reply in (s.reply, s.cut_reply):
+            if reply is not None and msg.utterance == reply.utterance:
+                s.history.append({"role": "assistant", "content": _heard_text(reply, msg)})
+                if reply is s.reply:
+                    s.reply = None
+                else:
+                    s.cut_reply = None
+        if msg.epoch == s.epoch and msg.reason == "done" and s.state == State.SPEAKING:
+            self._set_state(s, State.LISTENING)
+
+    def recover(self, s: Session) -> None:
+        """Give the floor back to the user after a failure (stuck turn, TTS lost)."""
+        s.cancel_timer()
+        self._stop_output(s)
+        self._set_state(s, State.LISTENING)
+
+    def watchdog(self, s: Session, now: float, out_mark: Callable[[], tuple[int, int]]) -> None:
+        """A turn that should be making sound but is not: report it and recover."""
+        if s.state not in (State.THINKING, State.SPEAKING) or s.reply is None:
+            return
+        if not s.reply.released:
+            return
+        mark = out_mark()
+        if mark != s.progress_mark:
+            s.progress_mark = mark
+            s.last_progress = now
+        elif now - s.last_progress > self.cfg.watchdog_ms / 1000:
+            self.out.event(
+                s,
+                {
+                    "type": "error",
+                    "code": "stuck_turn",
+                    "message": "no audio flowed for the reply; listening again",
+                },
+            )
+            self.recover(s)
+
+
+async def _once(text: str) -> Any:
+    yield text
+
+
+def _heard_text(reply: Reply, ended: PlaybackEnded) -> str:
+    """The part of the reply the user actually heard, by share of samples played."""
+    if ended.reason == "done" or reply.samples <= 0:
+        return reply.text
+    share = min(1.0, ended.heard_samples / reply.samples)
+    cut = int(len(reply.text) * share)
+    heard = reply.text[:cut].rsplit(" ", 1)[0] if cut < len(reply.text) else reply.text
+    return heard + "..." if heard != reply.text else heard

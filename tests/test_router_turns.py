@@ -1,0 +1,211 @@
+"""Turn-taking logic of the router, driven message by message with a recording outbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from voxmesh.actors.router.responder import EchoResponder
+from voxmesh.actors.router.session import Session, State
+from voxmesh.actors.router.turns import TurnConfig, TurnEngine
+from voxmesh.mesh.protocol import (
+    AsrRequest,
+    Hold,
+    Message,
+    Pause,
+    PlaybackEnded,
+    PlaybackStarted,
+    Release,
+    Resume,
+    Speak,
+    Stop,
+    Transcript,
+    VadEvent,
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.transport: list[Message] = []
+        self.tts: list[Message] = []
+        self.asr: list[AsrRequest] = []
+        self.events: list[dict[str, Any]] = []
+        self.head = 0
+
+    def to_transport(self, msg: Message) -> None:
+        self.transport.append(msg)
+
+    def to_tts(self, session: Session, msg: Message) -> bool:
+        self.tts.append(msg)
+        return True
+
+    def to_asr(self, msg: Message) -> None:
+        assert isinstance(msg, AsrRequest)
+        self.asr.append(msg)
+
+    def event(self, session: Session, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def mic_head(self, session: Session) -> int:
+        return self.head
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.ensure_future(coro)
+
+    def states(self) -> list[str]:
+        return [e["state"] for e in self.events if e["type"] == "state"]
+
+
+def vad(kind: str, sample: int) -> VadEvent:
+    return VadEvent(session="s", kind=kind, sample=sample, t=0.0)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def make(interrupt_ms: int = 50) -> tuple[TurnEngine, Recorder, Session]:
+    out = Recorder()
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(interrupt_min_ms=interrupt_ms))
+    return engine, out, Session("s", slot=0, generation=1, client="ws")
+
+
+async def speak_turn(engine: TurnEngine, out: Recorder, s: Session, text: str) -> None:
+    """User says ``text``; ASR answers at the pause; VAD confirms the end; playback starts."""
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    req = out.asr[-1]
+    assert (req.start, req.end, req.final) == (1000, 20000, True)
+    engine.on_transcript(
+        s, Transcript(session="s", turn=req.turn, text=text, final=True, end=20000)
+    )
+    await settle()
+    engine.on_vad(s, vad("speech_end", 20000))
+    await settle()
+    speak = [m for m in out.tts if isinstance(m, Speak)]
+    assert speak, "a reply went to TTS"
+    engine.on_playback_started(
+        s, PlaybackStarted(session="s", epoch=s.epoch, utterance=speak[-1].utterance, t=0.0)
+    )
+
+
+async def test_turn_reply_is_pregenerated_under_hold_then_released() -> None:
+    engine, out, s = make()
+    await speak_turn(engine, out, s, "hello there")
+    kinds = [type(m).__name__ for m in out.transport]
+    assert kinds[0] == "Hold" and "Release" in kinds, kinds
+    speak = [m for m in out.tts if isinstance(m, Speak)]
+    assert " ".join(m.text for m in speak) == "hello there"
+    assert speak[-1].last and speak[0].first
+    assert out.states() == ["user_speaking", "thinking", "speaking"]
+    finals = [e for e in out.events if e["type"] == "transcript" and e["final"]]
+    assert finals == [{"type": "transcript", "text": "hello there", "final": True}]
+    assert {"type": "reply", "text": "hello there"} in out.events
+
+
+async def test_speech_resuming_cancels_the_speculative_reply() -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 0))
+    engine.on_vad(s, vad("speech_pause", 8000))
+    engine.on_transcript(
+        s, Transcript(session="s", turn=s.turn, text="hello", final=True, end=8000)
+    )
+    await settle()
+    engine.on_vad(s, vad("speech_resume", 9000))
+    stops = [m for m in out.transport if isinstance(m, Stop)]
+    assert stops and stops[-1].epoch == s.epoch == 1
+    assert s.state == State.USER_SPEAKING
+    # the whole turn is transcribed at the real end, from its original start
+    engine.on_vad(s, vad("speech_end", 30000))
+    assert (out.asr[-1].start, out.asr[-1].end) == (0, 30000)
+
+
+async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    out.transport.clear()
+    out.tts.clear()
+    engine.on_vad(s, vad("speech_start", 50000))
+    assert isinstance(out.tts[0], Pause) and isinstance(out.transport[0], Hold)
+    assert s.state == State.PAUSED
+    epoch = s.epoch
+    await asyncio.sleep(0.08)
+    assert s.state == State.USER_SPEAKING
+    assert [m.epoch for m in out.tts if isinstance(m, Stop)] == [epoch + 1]
+    assert s.turn_start == 50000
+
+
+async def test_false_interruption_resumes() -> None:
+    engine, out, s = make(interrupt_ms=200)
+    await speak_turn(engine, out, s, "keep talking")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 52400))
+    engine.on_vad(s, vad("speech_end", 52400))
+    assert s.state == State.SPEAKING
+    assert any(isinstance(m, Resume) for m in out.tts)
+    assert any(isinstance(m, Release) for m in out.transport)
+    assert not any(isinstance(m, Stop) for m in out.tts)
+    await asyncio.sleep(0.25)  # the cancelled timer must not fire an interruption later
+    assert s.state == State.SPEAKING
+
+
+async def test_words_heard_during_pause_confirm_the_interruption() -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "one two three")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_transcript(
+        s, Transcript(session="s", turn=s.turn, text="wait", final=False, end=56000)
+    )
+    assert s.state == State.USER_SPEAKING
+
+
+async def test_stale_transcripts_and_playback_events_are_ignored() -> None:
+    engine, out, s = make()
+    await speak_turn(engine, out, s, "first")
+    old_turn = s.turn
+    engine.interrupt_now(s)
+    engine.on_transcript(
+        s, Transcript(session="s", turn=old_turn - 1, text="late", final=True, end=1)
+    )
+    engine.on_playback_started(
+        s, PlaybackStarted(session="s", epoch=s.epoch - 1, utterance=1, t=0.0)
+    )
+    assert s.state == State.LISTENING
+
+
+async def test_heard_text_is_trimmed_after_interruption() -> None:
+    engine, out, s = make()
+    await speak_turn(engine, out, s, "one two three four")
+    assert s.reply is not None
+    s.reply.samples = 48000
+    utt = s.reply.utterance
+    engine.interrupt_now(s)
+    engine.on_playback_ended(
+        s,
+        PlaybackEnded(
+            session="s",
+            epoch=s.epoch - 1,
+            utterance=utt,
+            sent_samples=30000,
+            heard_samples=24000,
+            reason="interrupted",
+            t=0.0,
+        ),
+    )
+    assert s.history[-1]["role"] == "assistant"
+    assert s.history[-1]["content"].startswith("one two")
+    assert "four" not in s.history[-1]["content"]
+
+
+@pytest.mark.parametrize("mode", ["text", "say"])
+async def test_client_text_replies(mode: str) -> None:
+    engine, out, s = make()
+    engine.say(s, "good morning", as_user=mode == "text")
+    await settle()
+    speak = [m for m in out.tts if isinstance(m, Speak)]
+    assert " ".join(m.text for m in speak) == "good morning"
+    assert s.state == State.THINKING
