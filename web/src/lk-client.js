@@ -1,0 +1,87 @@
+// LiveKit transport (DESIGN §4): WebRTC media both ways, events as reliable data packets with
+// topic `voxmesh`; the agent's audio is its `voxmesh` track.
+import { Room, RoomEvent, Track } from 'livekit-client';
+
+const TOPIC = 'voxmesh';
+const AGENT = 'voxmesh-agent';
+
+export class LiveKitTransport {
+  /** @param {import('./main.js').Handlers} h @param {{url: string, token: string, room: string}} session */
+  constructor(h, session) {
+    this.name = 'livekit';
+    this.h = h;
+    this.session = session;
+    this.encoder = new TextEncoder();
+    this.decoder = new TextDecoder();
+    this.room = new Room({
+      adaptiveStream: false,
+      dynacast: false,
+      audioCaptureDefaults: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+  }
+
+  async start() {
+    const room = this.room;
+    room.on(RoomEvent.DataReceived, (payload, _participant, _kind, topic) => {
+      if (topic !== TOPIC) return;
+      try {
+        this.h.onEvent(JSON.parse(this.decoder.decode(payload)));
+      } catch {
+        /* not one JSON object: ignore */
+      }
+    });
+    room.on(RoomEvent.TrackSubscribed, (track, _pub, participant) => {
+      if (track.kind !== Track.Kind.Audio || participant.identity !== AGENT) return;
+      this.agentTrack = track;
+      const el = track.attach();
+      el.dataset.testid = 'agent-audio';
+      el.hidden = true;
+      document.body.appendChild(el);
+      this.h.onStatus('agent audio connected');
+    });
+    room.on(RoomEvent.TrackUnsubscribed, (track) => track.detach().forEach((el) => el.remove()));
+    room.on(RoomEvent.AudioPlaybackStatusChanged, () => {
+      if (!room.canPlaybackAudio) this.h.onStatus('audio blocked by the browser: click Start');
+    });
+    room.on(RoomEvent.Disconnected, (reason) => this.h.onClose(`livekit disconnected (${reason})`));
+
+    await room.connect(this.session.url, this.session.token, { autoSubscribe: true });
+    await room.startAudio(); // we are inside the Start click, so autoplay is allowed
+    try {
+      const pub = await room.localParticipant.setMicrophoneEnabled(true);
+      const mst = pub && pub.track && pub.track.mediaStreamTrack;
+      if (mst) this.h.onMicStream(new MediaStream([mst]), null);
+    } catch (err) {
+      this.h.onStatus(`no microphone (${err.name || err}); text only`);
+    }
+  }
+
+  send(msg) {
+    const data = this.encoder.encode(JSON.stringify(msg));
+    return this.room.localParticipant
+      .publishData(data, { reliable: true, topic: TOPIC })
+      .catch((err) => this.h.onStatus(`send failed: ${err}`));
+  }
+
+  /** Inbound stats of the agent's track (tests read them through window.voxmesh.audioStats). */
+  async audioStats() {
+    const receiver = this.agentTrack && this.agentTrack.receiver;
+    if (!receiver) return null;
+    for (const r of (await receiver.getStats()).values()) {
+      if (r.type === 'inbound-rtp') {
+        return { packets: r.packetsReceived, energy: r.totalAudioEnergy, samples: r.totalSamplesReceived };
+      }
+    }
+    return null;
+  }
+
+  setMicEnabled(on) {
+    this.room.localParticipant.setMicrophoneEnabled(on);
+  }
+
+  async stop() {
+    if (this.room.state === 'connected') await this.send({ type: 'bye' });
+    await this.room.disconnect();
+    document.querySelectorAll('[data-testid="agent-audio"]').forEach((el) => el.remove());
+  }
+}
