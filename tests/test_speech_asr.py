@@ -1,0 +1,81 @@
+"""Whisper tiny.en on a short encoder window: what a user said, and nothing on silence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from speechgen import pad_silence, piper_wav
+
+from voxmesh.speech.asr import MAX_FRAMES, WhisperAsr, trim_repetition
+from voxmesh.speech.wer import word_error_rate
+
+SENTENCES = [
+    "Please send me the report by Friday.",
+    "How far is the train station from here?",
+    "My brother plays the guitar every evening.",
+]
+
+
+@pytest.fixture(scope="module")
+def asr() -> WhisperAsr:
+    model = WhisperAsr(cpu_threads=2)
+    model.warmup()
+    return model
+
+
+@pytest.mark.parametrize("text", SENTENCES)
+def test_transcribes_piper_speech_on_short_window(asr: WhisperAsr, text: str) -> None:
+    speech, rate = piper_wav(text)
+    assert rate == 16000
+    hyp = asr.transcribe(pad_silence(speech, 0.2, 0.3))
+    assert word_error_rate(text, hyp) <= 0.20, hyp
+    timing = asr.last_timing
+    assert timing.frames < MAX_FRAMES / 3  # really the short window, not Whisper's 30 s
+    assert timing.encode_ms > 0 and timing.decode_ms > 0
+
+
+def test_full_window_flag_gives_same_words(asr: WhisperAsr) -> None:
+    text = SENTENCES[0]
+    speech, _ = piper_wav(text)
+    hyp = asr.transcribe(speech, full_window=True)
+    assert asr.last_timing.frames == MAX_FRAMES
+    assert word_error_rate(text, hyp) <= 0.20, hyp
+
+
+def test_accepts_int16_and_float32_alike(asr: WhisperAsr) -> None:
+    speech, _ = piper_wav(SENTENCES[1])
+    as_float = speech.astype(np.float32) / 32768.0
+    assert asr.transcribe(speech) == asr.transcribe(as_float)
+
+
+@pytest.mark.parametrize("n", [0, 1, 800])
+def test_empty_or_too_short_audio_gives_nothing(asr: WhisperAsr, n: int) -> None:
+    assert asr.transcribe(np.zeros(n, np.float32)) == ""
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.003])
+def test_silence_and_faint_noise_give_nothing(asr: WhisperAsr, noise: float) -> None:
+    audio = np.random.default_rng(7).normal(0.0, noise, 32000).astype(np.float32)
+    assert asr.transcribe(audio) == ""  # tiny.en alone says "you" here
+
+
+def test_partial_uses_the_same_path(asr: WhisperAsr) -> None:
+    speech, _ = piper_wav(SENTENCES[2])
+    half = speech[: speech.size // 2]
+    words = asr.transcribe_partial(half).lower().split()
+    assert words and words[0].strip(",.") == "my"
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("Yes. Yes. Yes. Yes", "Yes."),
+        ("Thank you for your help. Thank you for your", "Thank you for your help."),
+        ("Hi. I like it. I like it. I like", "Hi. I like it."),
+        ("no, no, no", "no, no, no"),  # not whole sentences: kept
+        ("Go. Go home.", "Go. Go home."),
+        ("", ""),
+    ],
+)
+def test_trim_repetition(raw: str, want: str) -> None:
+    assert trim_repetition(raw) == want

@@ -1,0 +1,171 @@
+"""Silero VAD stream + turn segmenter: events a router would see on real and silent audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from speechgen import pad_silence, piper_wav, speech_bounds
+
+from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad, VadEvent
+
+RATE = 16000
+FRAME = 320  # 20 ms, what the VAD actor reads from the mic ring
+TOL = int(0.150 * RATE)
+
+
+# --- segmenter: pure logic, probabilities made up ----------------------------------------
+
+
+def run(seg: SpeechSegmenter, probs: list[float]) -> list[tuple[int, VadEvent]]:
+    """(index of the chunk whose feed returned it, event) for every event."""
+    out = []
+    for i, p in enumerate(probs):
+        out += [(i, ev) for ev in seg.feed(p, i * CHUNK)]
+    return out
+
+
+def seg(**kw: int | float) -> SpeechSegmenter:
+    args: dict[str, int | float] = dict(min_speech_ms=64, min_silence_ms=200, speech_pad_ms=30)
+    args.update(kw)
+    return SpeechSegmenter(**args)
+
+
+def test_segment_start_pause_end_samples_and_timing() -> None:
+    probs = [0.0] * 10 + [0.9] * 20 + [0.0] * 20
+    events = run(seg(), probs)
+    pad = 30 * RATE // 1000
+    assert [(i, e.kind) for i, e in events] == [
+        (11, "speech_start"),  # confirmed after min_speech (2 chunks)
+        (30, "speech_pause"),  # at once on the first silent chunk
+        (36, "speech_end"),  # 7 silent chunks = 224 ms >= 200 ms
+    ]
+    assert events[0][1].sample == 10 * CHUNK - pad
+    assert events[1][1].sample == events[2][1].sample == 30 * CHUNK + pad
+
+
+def test_one_chunk_blip_is_not_speech() -> None:
+    assert run(seg(), [0.0, 0.95, 0.0, 0.0, 0.95, 0.1] + [0.0] * 20) == []
+
+
+def test_min_speech_zero_starts_on_first_chunk() -> None:
+    events = run(seg(min_speech_ms=0), [0.0, 0.9, 0.9])
+    assert [(i, e.kind) for i, e in events] == [(1, "speech_start")]
+
+
+def test_hysteresis_between_thresholds() -> None:
+    s = seg(min_speech_ms=0)
+    # 0.4 is below threshold 0.5 (no start) but above neg_threshold 0.35 (keeps speech on).
+    assert run(s, [0.4] * 5) == []
+    events = run(s, [0.9, 0.4, 0.4, 0.4, 0.3])
+    assert [e.kind for _, e in events] == ["speech_start", "speech_pause"]
+    assert events[1][0] == 4
+
+
+def test_short_gap_pauses_then_resumes_and_ends_once() -> None:
+    probs = [0.9] * 10 + [0.0] * 3 + [0.9] * 10 + [0.0] * 10
+    events = run(seg(min_speech_ms=0), probs)
+    kinds = [e.kind for _, e in events]
+    assert kinds == ["speech_start", "speech_pause", "speech_resume", "speech_pause", "speech_end"]
+    assert events[2][1].sample == 13 * CHUNK  # resume at the chunk where speech came back
+
+
+def test_start_pad_never_reaches_into_previous_segment() -> None:
+    s = seg(min_speech_ms=0, min_silence_ms=32, speech_pad_ms=200)
+    events = run(s, [0.9, 0.0, 0.0, 0.9, 0.0, 0.0])
+    starts = [e.sample for _, e in events if e.kind == "speech_start"]
+    ends = [e.sample for _, e in events if e.kind == "speech_end"]
+    assert starts[1] >= ends[0]
+
+
+def test_flush_closes_open_segment() -> None:
+    s = seg(min_speech_ms=0)
+    run(s, [0.9] * 5)
+    assert s.in_speech
+    assert s.flush(5 * CHUNK) == [
+        VadEvent("speech_pause", 5 * CHUNK),
+        VadEvent("speech_end", 5 * CHUNK),
+    ]
+    assert not s.in_speech and s.flush(6 * CHUNK) == []
+
+
+# --- the model on real audio ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vad() -> SileroVad:
+    return SileroVad()
+
+
+def feed_frames(vad: SileroVad, pcm: np.ndarray, **seg_kw: int) -> list[VadEvent]:
+    stream = StreamingVad(vad, SpeechSegmenter(**seg_kw))
+    events: list[VadEvent] = []
+    for at in range(0, pcm.size, FRAME):
+        events += stream.push(pcm[at : at + FRAME], at)
+    tail: list[VadEvent] = stream.flush()
+    return events + tail
+
+
+@pytest.mark.parametrize(
+    "text", ["The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow."]
+)
+def test_finds_speech_in_piper_speech(vad: SileroVad, text: str) -> None:
+    speech, _ = piper_wav(text)
+    audio = pad_silence(speech, 1.0, 1.0, noise=20.0)
+    first, last = speech_bounds(speech, rel=0.01)
+    first, last = first + RATE, last + RATE
+    events = feed_frames(vad, audio)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "speech_start" and kinds[-1] == "speech_end", kinds
+    assert kinds.count("speech_end") == 1  # one turn, not chopped up
+    assert abs(events[0].sample - first) <= TOL, (events[0].sample - first) / RATE
+    assert abs(events[-1].sample - last) <= TOL, (events[-1].sample - last) / RATE
+
+
+@pytest.mark.parametrize("noise", [0.0, 30.0, 300.0])
+def test_no_speech_in_silence_or_low_noise(vad: SileroVad, noise: float) -> None:
+    audio = pad_silence(np.zeros(0, np.int16), 0.0, 4.0, noise=noise)  # ~-60 dBFS at most
+    assert feed_frames(vad, audio) == []
+
+
+def test_frame_size_does_not_change_result(vad: SileroVad) -> None:
+    speech, _ = piper_wav("The quick brown fox jumps over the lazy dog.")
+    audio = pad_silence(speech, 0.5, 0.5)
+    whole = StreamingVad(vad)
+    events = whole.push(audio, 0) + whole.flush()
+    assert events and events == feed_frames(vad, audio)
+
+
+def test_probability_is_high_in_speech_low_in_silence(vad: SileroVad) -> None:
+    speech, _ = piper_wav("The quick brown fox jumps over the lazy dog.")
+    stream = vad.new_stream()
+    x = speech.astype(np.float32) / 32768.0
+    probs = [stream.probability(x[i : i + CHUNK]) for i in range(0, x.size - CHUNK, CHUNK)]
+    assert max(probs) > 0.9
+    stream.reset()
+    assert stream.probability(np.zeros(CHUNK, np.float32)) < 0.1
+    with pytest.raises(ValueError):
+        stream.probability(np.zeros(320, np.float32))
+
+
+def test_streams_are_independent(vad: SileroVad) -> None:
+    speech, _ = piper_wav("The quick brown fox jumps over the lazy dog.")
+    x = speech.astype(np.float32) / 32768.0
+    a, b = vad.new_stream(), vad.new_stream()
+    chunk = x[RATE : RATE + CHUNK]
+    for _ in range(5):
+        a.probability(chunk)  # a hears speech, b hears nothing
+    assert b.probability(np.zeros(CHUNK, np.float32)) < 0.1
+
+
+def test_gap_and_overlap_in_pushed_audio(vad: SileroVad) -> None:
+    stream = StreamingVad(vad)
+    silence = np.zeros(2 * FRAME, np.int16)
+    stream.push(silence, 0)
+    assert stream.chunks == 1  # 640 samples: one 512-sample chunk, 128 buffered
+    stream.push(silence[:FRAME], FRAME)  # already seen: skipped, not counted twice
+    assert stream.chunks == 1
+    stream.push(silence, 2 * FRAME)  # contiguous: 128 + 640 samples complete chunk two
+    assert stream.chunks == 2
+    stream.push(silence, 100 * FRAME)  # gap (ring overrun): chunking restarts there
+    assert stream.chunks == 3
+    assert stream.push(silence[:1], 102 * FRAME) == [] and stream.chunks == 3
