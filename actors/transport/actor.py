@@ -1,0 +1,232 @@
+"""The transport actor: clients in (WebSocket, LiveKit), sessions and their rings, the router.
+
+Embeddable like every actor: explicit endpoints and settings, an optional zmq.Context,
+no config reading (``build(spec)`` maps mesh.toml's ``[server]`` and ``[livekit]``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
+from voxmesh.mesh.ring import RingSegment
+from voxmesh.supervisor.spec import ActorSpec
+
+from .errors import ClientError
+from .links import ClientLink
+from .metrics import TransportStats, render
+from .pacer import RingWatcher
+from .server import WebServer
+from .session import Session
+
+if TYPE_CHECKING:
+    from .livekit_bridge import LiveKitBridge
+
+
+@dataclass(frozen=True)
+class LiveKitSettings:
+    url: str
+    api_key: str
+    api_secret: str
+
+
+class TransportActor(Actor):
+    kind = "transport"
+
+    def __init__(
+        self,
+        name: str = "transport",
+        *,
+        router: str | None,
+        supervisor: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        segment: str,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        lead_ms: float = 60,
+        max_message_bytes: int = 1 << 20,
+        auth_token: str = "",
+        livekit: LiveKitSettings | None = None,
+        heartbeat_s: float = 0.5,
+        liveness: int = 3,
+        ring_poll_ms: float = 2.0,
+    ) -> None:
+        super().__init__(
+            name,
+            router=router,
+            supervisor=supervisor,
+            context=context,
+            heartbeat_s=heartbeat_s,
+            liveness=liveness,
+        )
+        self.segment_name = segment
+        self.lead_s = lead_ms / 1000
+        self.max_message_bytes = max_message_bytes
+        self.auth_token = auth_token
+        self.livekit = livekit
+        self.stats = TransportStats()
+        self.watcher = RingWatcher(ring_poll_ms / 1000)
+        self.server = WebServer(self, host, port)
+        self.sessions: dict[str, Session] = {}
+        self.segment: RingSegment | None = None
+        self.bridge: LiveKitBridge | None = None
+        self.mesh_health: MeshHealth | None = None
+        self._free_slots: list[int] = []
+
+    @property
+    def port(self) -> int:
+        """The bound HTTP port (the real one after start, when asked for port 0)."""
+        return self.server.port
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self.segment = RingSegment.attach(self.segment_name)
+        # The transport is the only one that claims slots: after a restart all are ours.
+        self._free_slots = list(range(len(self.segment.slots)))
+        self.spawn(self.watcher.run())
+        if self.livekit is not None:
+            from .livekit_bridge import LiveKitBridge  # optional: only with LiveKit configured
+
+            lk = self.livekit
+            self.bridge = LiveKitBridge(self._livekit_opener, lk.url, lk.api_key, lk.api_secret)
+        try:
+            await self.server.start()
+        except BaseException:
+            await self.on_stop()
+            raise
+
+    async def on_stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.aclose()
+            self.bridge = None
+        for session in list(self.sessions.values()):
+            await session.close("shutdown", tell_router=False)  # our GOODBYE said it all
+        await self.server.stop()
+        if self.segment is not None:
+            self.segment.close()
+            self.segment = None
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def open_session(self, link: ClientLink, *, client: str, greet: bool) -> Session:
+        """Claim a slot, tell the router, start pacing. Raises ClientError("no_slot")."""
+        if self.segment is None or not self._free_slots:
+            raise ClientError("no_slot", "every session slot is in use; try again later")
+        index = self._free_slots.pop(0)
+        slot = self.segment.slots[index]
+        generation = slot.claim()
+        session_id = secrets.token_hex(4)
+        while session_id in self.sessions:
+            session_id = secrets.token_hex(4)
+        session = Session(
+            self, link, slot, generation, session_id, client=client, lead_s=self.lead_s
+        )
+        self.sessions[session_id] = session
+        self.stats.sessions_opened += 1
+        if greet:
+            session.send_event(
+                {"type": "ready", "session_id": session_id, "sample_rate": 48000, "frame_ms": 20}
+            )
+        session.start()
+        return session
+
+    async def _livekit_opener(self, link: ClientLink) -> Session:
+        return await self.open_session(link, client="livekit", greet=False)
+
+    def session_closed(self, session: Session) -> None:
+        if self.sessions.pop(session.session_id, None) is not None:
+            self.stats.sessions_closed += 1
+            self._free_slots.append(session.slot.index)
+            self._free_slots.sort()
+
+    async def livekit_session(self) -> dict[str, str] | None:
+        if self.bridge is None:
+            return None
+        return await self.bridge.create_session()
+
+    # --- the mesh ---------------------------------------------------------------------------
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, MeshHealth):
+            self.mesh_health = msg
+            return
+        if not isinstance(msg, (Hold, Release, Stop, ClientEvent)):
+            self.counters.bump("unhandled")
+            return
+        session = self.sessions.get(msg.session)
+        if session is None:
+            self.counters.bump("unknown_session")
+            return
+        if isinstance(msg, ClientEvent):
+            session.forward(msg.event)
+        else:
+            session.on_router(msg)
+
+    def on_router_connect(self) -> None:
+        for session in self.sessions.values():
+            self.send(session.open_message())
+
+    def router_alive(self) -> bool:
+        link = self.links.get("router")
+        if link is None or not link.connected or link.last_inbound == 0.0:
+            return False
+        return time.monotonic() - link.last_inbound < self.heartbeat_s * self.liveness
+
+    def info(self) -> dict[str, Any]:
+        return {"sessions": len(self.sessions), "port": self.port, **self.stats.summary()}
+
+    # --- HTTP views -------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        mesh = self.mesh_health
+        alive = self.router_alive()
+        ok = alive and mesh is not None and mesh.ready
+        detail: dict[str, Any] = {
+            "ok": ok,
+            "router": "alive" if alive else "unreachable",
+            "mesh_ready": bool(mesh is not None and mesh.ready),
+            "actors": dict(mesh.actors) if mesh is not None else {},
+            "sessions": len(self.sessions),
+        }
+        return ok, detail
+
+    def metrics_text(self) -> str:
+        mesh = self.mesh_health
+        return render(
+            self.stats,
+            sessions=len(self.sessions),
+            mesh_ready=bool(mesh is not None and mesh.ready),
+            router_alive=self.router_alive(),
+            counters=self.counters,
+        )
+
+
+def build(spec: ActorSpec) -> TransportActor:
+    server = spec.section("server")
+    lk = spec.section("livekit")
+    livekit = None
+    if lk.get("url"):
+        livekit = LiveKitSettings(
+            str(lk["url"]), str(lk.get("api_key", "")), str(lk.get("api_secret", ""))
+        )
+    return TransportActor(
+        spec.name,
+        router=spec.router,
+        supervisor=spec.supervisor,
+        segment=spec.segment,
+        host=str(server.get("host", "127.0.0.1")),
+        port=int(server.get("port", 8080)),
+        lead_ms=float(server.get("lead_ms", 60)),
+        max_message_bytes=int(server.get("max_message_bytes", 1 << 20)),
+        auth_token=str(server.get("auth_token", "")),
+        livekit=livekit,
+        heartbeat_s=spec.heartbeat_s,
+        liveness=spec.liveness,
+    )

@@ -1,0 +1,220 @@
+"""One client session: its ring slot, mic input, client messages and router control.
+
+A ``Session`` is the ``SessionHandle`` the front ends (WebSocket, LiveKit) get from the
+transport. Mic PCM goes through ``MicWriter`` into the slot's mic ring; client JSON messages
+become control messages to the router; the router's HOLD/RELEASE/STOP/CLIENT_EVENT reach the
+session's ``Pacer``, the only writer to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from voxmesh.mesh.protocol import (
+    ClientInterrupt,
+    ClientText,
+    Hold,
+    Message,
+    Release,
+    SessionClose,
+    SessionOpen,
+    Stop,
+)
+from voxmesh.mesh.ring import Slot
+
+from .errors import MAX_TEXT_CHARS, ClientError, field
+from .links import ClientLink
+from .metrics import TransportStats
+from .mic import MicWriter
+from .pacer import Pacer, RingWatcher
+from .playback import Playback
+
+log = logging.getLogger("voxmesh.transport")
+
+MAX_BACKLOG = 256  # error events are dropped while this many messages wait for the client
+
+
+class SessionOwner(Protocol):
+    """What a session needs from the transport actor."""
+
+    stats: TransportStats
+    watcher: RingWatcher
+
+    def send(self, msg: Message) -> bool: ...
+    def poll_control(self) -> None: ...
+    def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
+    def session_closed(self, session: Session) -> None: ...
+
+
+class Session:
+    def __init__(
+        self,
+        owner: SessionOwner,
+        link: ClientLink,
+        slot: Slot,
+        generation: int,
+        session_id: str,
+        *,
+        client: str,
+        lead_s: float,
+    ) -> None:
+        self.session_id = session_id
+        self.owner = owner
+        self.link = link
+        self.slot = slot
+        self.generation = generation
+        self.client = client
+        self.closed = False
+        self.mic = MicWriter(slot.mic)
+        self.pacer = Pacer(
+            link,
+            slot,
+            owner.stats,
+            session=session_id,
+            lead_s=lead_s,
+            send_router=owner.send,
+            poll_control=owner.poll_control,
+        )
+        self._task: asyncio.Task[Any] | None = None
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "text": lambda m: self._text(m, "text"),
+            "say": lambda m: self._text(m, "say"),
+            "interrupt": self._interrupt,
+            "played": self._played,
+            "hello": self._hello,
+        }
+
+    @property
+    def playback(self) -> Playback:
+        return self.pacer.playback
+
+    def open_message(self) -> SessionOpen:
+        return SessionOpen(
+            session=self.session_id,
+            slot=self.slot.index,
+            generation=self.generation,
+            client=self.client,
+        )
+
+    def start(self) -> None:
+        self.owner.send(self.open_message())
+        self.owner.watcher.add(self.pacer)
+        self._task = self.owner.spawn(self._run_pacer())
+
+    async def _run_pacer(self) -> None:
+        await self.pacer.run()
+        if not self.closed:  # the client cannot be written to any more
+            await self.close("client_lost")
+
+    # --- SessionHandle ----------------------------------------------------------------------
+
+    def push_mic(self, pcm: bytes, sample_rate: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.owner.stats.mic_frames += self.mic.push(pcm, sample_rate)
+        except ValueError as exc:
+            self.report(ClientError("bad_rate", str(exc)))
+
+    async def client_message(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            kind = msg.get("type")
+            if not isinstance(kind, str):
+                raise ClientError("bad_message", "a message needs a string 'type'")
+            if kind == "bye":
+                await self.close("bye")
+                return
+            handler = self._handlers.get(kind)
+            if handler is None:
+                raise ClientError("unknown_type", f"unknown message type {kind[:40]!r}")
+            handler(msg)
+        except ClientError as exc:
+            self.report(exc)
+        except Exception:
+            log.exception("transport %s: error serving %r", self.session_id, msg.get("type"))
+            self.report(ClientError("internal", "internal error serving the message"))
+
+    async def close(self, reason: str = "bye", *, tell_router: bool = True) -> None:
+        """End the session (idempotent). ``tell_router=False`` at shutdown: after our
+        GOODBYE the router would drop a SESSION_CLOSE from us anyway."""
+        if self.closed:
+            return
+        self.closed = True
+        self.owner.watcher.discard(self.pacer)
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if tell_router:
+            self.owner.send(SessionClose(session=self.session_id, reason=reason))
+        self.slot.release()
+        self.owner.session_closed(self)
+
+    # --- client messages --------------------------------------------------------------------
+
+    def report(self, err: ClientError) -> None:
+        """An error event for the client, in order with everything else it is sent.
+
+        A client that floods us with garbage while not reading gets no more errors once
+        MAX_BACKLOG events wait for it: they are counted, not queued without bound."""
+        self.owner.stats.client_errors[err.code] += 1
+        if self.pacer.backlog >= MAX_BACKLOG:
+            self.owner.stats.client_errors["dropped"] += 1
+            return
+        self.send_event(err.event())
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        if not self.closed:
+            self.pacer.client_event(event)
+
+    def _to_router(self, msg: Message) -> None:
+        if not self.owner.send(msg):
+            raise ClientError("unavailable", "the voice mesh is not reachable right now")
+
+    def _text(self, msg: dict[str, Any], mode: str) -> None:
+        text = field(msg, "text", str, mode)
+        if len(text) > MAX_TEXT_CHARS:
+            raise ClientError("text_too_long", f"{mode}.text exceeds {MAX_TEXT_CHARS} characters")
+        if not text.strip():
+            raise ClientError("bad_field", f"{mode}.text is empty")
+        self._to_router(ClientText(session=self.session_id, text=text, mode=mode))
+
+    def _interrupt(self, msg: dict[str, Any]) -> None:
+        self._to_router(ClientInterrupt(session=self.session_id))
+
+    def _played(self, msg: dict[str, Any]) -> None:
+        samples = field(msg, "samples", int, "played")
+        if samples < 0:
+            raise ClientError("bad_field", "played.samples must be >= 0")
+        self.playback.on_ack(samples, time.monotonic())
+        self.pacer.wakeup.set()  # a RELEASE may be waiting for this ack
+
+    def _hello(self, msg: dict[str, Any]) -> None:
+        raise ClientError("already_hello", "this session is already open")
+
+    # --- router control ---------------------------------------------------------------------
+
+    def on_router(self, msg: Message) -> bool:
+        """Serve a router message for this session; False if it is not one of ours."""
+        now = time.monotonic()
+        pb = self.playback
+        if isinstance(msg, Hold):
+            pb.hold(msg.epoch, msg.t_issued, now)
+        elif isinstance(msg, Release):
+            pb.release(msg.epoch, now)
+        elif isinstance(msg, Stop):
+            pb.stop(msg.epoch, now)
+        else:
+            return False
+        self.pacer.wakeup.set()
+        return True
+
+    def forward(self, event: dict[str, Any]) -> None:
+        """A CLIENT_EVENT from the router: passed on as is, in order with the audio."""
+        self.send_event(event)
