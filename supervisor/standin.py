@@ -1,0 +1,82 @@
+"""A stand-in actor for testing the supervisor on its own (test use only).
+
+Select it per kind with ``VOXMESH_TEST_FACTORIES='{"vad": "voxmesh.supervisor.standin:build"}'``.
+It attaches the ring segment, links to the router and the supervisor like a real actor and
+heartbeats. As the ``router`` kind it binds the router's hub (and routes nothing); as the
+``transport`` kind it serves ``GET /health`` (always 200) on ``server.port``.
+``VOXMESH_STANDIN_FAIL=<name>,...`` makes those actors fail at start, and
+``VOXMESH_STANDIN_HANG=<name>,...`` makes them hang there (never READY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.hub import Hub
+from voxmesh.mesh.ring import RingSegment
+
+from .spec import ActorSpec
+
+FAIL_ENV = "VOXMESH_STANDIN_FAIL"
+HANG_ENV = "VOXMESH_STANDIN_HANG"
+
+
+def _named_in(env: str, name: str) -> bool:
+    return name in os.environ.get(env, "").split(",")
+
+
+class StandinActor(Actor):
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(
+            spec.name,
+            router=None if spec.kind == "router" else spec.router,
+            supervisor=spec.supervisor,
+            heartbeat_s=spec.heartbeat_s,
+            liveness=spec.liveness,
+        )
+        self.spec = spec
+        self.kind = spec.kind  # type: ignore[misc]  # per instance: one class, many kinds
+        self._segment: RingSegment | None = None
+        self._web: Any = None
+        self._hub: Hub | None = None
+
+    async def on_start(self) -> None:
+        if _named_in(FAIL_ENV, self.name):
+            raise RuntimeError(f"{self.name}: failing on purpose ({FAIL_ENV})")
+        if _named_in(HANG_ENV, self.name):
+            await asyncio.Event().wait()  # a model load that never finishes
+        self._segment = RingSegment.attach(self.spec.segment)
+        if self.spec.kind == "router":
+            self._hub = Hub(self.context, self.spec.router, lambda peer, msg: None)
+            self.every(self.heartbeat_s / 2, self._hub.tick)
+        if self.spec.kind == "transport":
+            from aiohttp import web
+
+            async def health(request: web.Request) -> web.Response:
+                return web.json_response({"ready": True})
+
+            app = web.Application()
+            app.router.add_get("/health", health)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            server = self.spec.section("server")
+            await web.TCPSite(runner, server["host"], int(server["port"])).start()
+            self._web = runner
+
+    async def on_stop(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
+        if self._web is not None:
+            await self._web.cleanup()
+        if self._segment is not None:
+            self._segment.close()
+
+    def info(self) -> dict[str, Any]:
+        return {"sessions": 0, "standin": True}
+
+
+def build(spec: ActorSpec) -> StandinActor:
+    return StandinActor(spec)
