@@ -1,4 +1,6 @@
-"""Actor process bootstrap: ``python -m voxmesh.supervisor.child '<ActorSpec JSON>'``.
+"""Actor process bootstrap: ``python -m voxmesh.supervisor.child NAME < spec.json``.
+
+The ActorSpec JSON arrives on standard input (it may hold API keys; argv is public).
 
 The supervisor starts every actor this way (a fresh interpreter, never a fork). Here we:
 die with the supervisor (PR_SET_PDEATHSIG), leave Ctrl-C to the supervisor (the terminal
@@ -86,9 +88,12 @@ async def serve(actor: Any) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if len(argv) != 1:
-        print("usage: python -m voxmesh.supervisor.child '<ActorSpec JSON>'", file=sys.stderr)
+        print("usage: python -m voxmesh.supervisor.child NAME < spec.json", file=sys.stderr)
         return 2
-    spec = ActorSpec.from_json(argv[0])
+    spec = ActorSpec.from_json(sys.stdin.read())
+    if spec.name != argv[0]:
+        print(f"spec is for {spec.name!r}, not {argv[0]!r}", file=sys.stderr)
+        return 2
     os.environ.update(spec.env)
     configure_logging(spec.name)
     if not die_with_parent():

@@ -53,12 +53,17 @@ class ManagedProcess:
 
     def spawn(self) -> None:
         env = {**os.environ, **self.spec.env, PARENT_ENV: str(os.getpid())}
+        # The spec (config with any API keys) goes through a pipe, not argv: argv is
+        # world-readable in ps; the name in argv is what a human looking at ps needs.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxmesh.supervisor.child", self.spec.to_json()],
+            [sys.executable, "-m", "voxmesh.supervisor.child", self.spec.name],
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             close_fds=True,
         )
+        assert self.proc.stdin is not None
+        with self.proc.stdin:
+            self.proc.stdin.write(self.spec.to_json().encode())
         self.state = State.STARTING
         self.started_at = time.monotonic()
         self.ready_at = 0.0

@@ -146,13 +146,17 @@ def test_child_bootstrap_ignores_sigint_and_stops_cleanly_on_sigterm(tmp_path: P
         PARENT_ENV: str(os.getpid()),
     }
     child = subprocess.Popen(
-        [sys.executable, "-m", "voxmesh.supervisor.child", spec.to_json()],
+        [sys.executable, "-m", "voxmesh.supervisor.child", spec.name],
         env=env,
         start_new_session=True,
+        stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        assert child.stdin is not None
+        child.stdin.write(spec.to_json())
+        child.stdin.close()
         assert isinstance(receive(hub), Ready)
         child.send_signal(signal.SIGINT)
         for _ in range(3):  # still alive: it keeps talking after Ctrl-C (heartbeats, and
@@ -179,8 +183,9 @@ def test_child_refuses_to_start_without_its_supervisor() -> None:
     dead.wait()
     spec = ActorSpec("vad", "vad", "ipc:///nonexistent/r", "ipc:///nonexistent/s", "x", 0.5, 3)
     result = subprocess.run(
-        [sys.executable, "-m", "voxmesh.supervisor.child", spec.to_json()],
+        [sys.executable, "-m", "voxmesh.supervisor.child", spec.name],
         env={**os.environ, PARENT_ENV: str(dead.pid)},
+        input=spec.to_json(),
         capture_output=True,
         text=True,
         timeout=60,

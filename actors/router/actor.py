@@ -160,6 +160,11 @@ class RouterActor(Actor):
 
     def _on_ready(self, peer: Peer) -> None:
         log.info("router: %s (%s, pid %d) ready", peer.name, peer.kind, peer.pid)
+        if peer.kind == "transport":
+            # A transport (re)introducing itself re-announces the sessions it still holds
+            # right after READY; whatever it does not re-announce is gone with it.
+            for s in list(self.sessions.values()):
+                self._close(s, "transport restarted")
         if peer.kind in SESSION_PEERS:  # a restarted reader must pick the sessions up again
             for s in self.sessions.values():
                 self._send(
