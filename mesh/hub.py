@@ -142,4 +142,3 @@ class Hub:
                 self._on_lost(peer)
                 continue
             self.send_frames(peer.name, beat, "Heartbeat")
-
