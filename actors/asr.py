@@ -189,12 +189,8 @@ def build(spec: ActorSpec) -> AsrActor:
     cfg = spec.section("asr")
     return AsrActor(
         spec.name,
-        router=spec.router,
-        supervisor=spec.supervisor,
-        segment=spec.segment,
+        **spec.mesh_args(),
         model=str(cfg.get("model", "")),
         threads=int(cfg.get("threads", 2)),
         window_pad_s=float(cfg.get("window_pad_s", 3.0)),
-        heartbeat_s=spec.heartbeat_s,
-        liveness=spec.liveness,
     )

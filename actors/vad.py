@@ -109,14 +109,10 @@ def build(spec: ActorSpec) -> VadActor:
     cfg = spec.section("vad")
     return VadActor(
         spec.name,
-        router=spec.router,
-        supervisor=spec.supervisor,
-        segment=spec.segment,
+        **spec.mesh_args(),
         model=str(cfg.get("model", "")),
         threshold=float(cfg.get("threshold", 0.5)),
         min_speech_ms=int(cfg.get("min_speech_ms", 120)),
         min_silence_ms=int(cfg.get("min_silence_ms", 300)),
         speech_pad_ms=int(cfg.get("speech_pad_ms", 30)),
-        heartbeat_s=spec.heartbeat_s,
-        liveness=spec.liveness,
     )

@@ -39,6 +39,16 @@ class ActorSpec:
     def from_json(cls, text: str) -> ActorSpec:
         return cls(**json.loads(text))
 
+    def mesh_args(self) -> dict[str, Any]:
+        """The constructor arguments every connecting actor takes: its place in the mesh."""
+        return {
+            "router": self.router,
+            "supervisor": self.supervisor,
+            "segment": self.segment,
+            "heartbeat_s": self.heartbeat_s,
+            "liveness": self.liveness,
+        }
+
     def section(self, name: str) -> dict[str, Any]:
         value = self.config.get(name, {})
         return dict(value) if isinstance(value, dict) else {}

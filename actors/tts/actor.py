@@ -170,15 +170,11 @@ def build(spec: ActorSpec) -> TtsActor:
         os.environ.setdefault(key, value)
     return TtsActor(
         spec.name,
-        router=spec.router,
-        supervisor=spec.supervisor,
-        segment=spec.segment,
+        **spec.mesh_args(),
         engine=str(cfg.get("engine", "piper")),
         voice=str(cfg.get("voice", "")),
         preload=[str(p) for p in cfg.get("preload", [])],
         resident_max=int(cfg.get("resident_max", 2)),
         idle_ttl_s=float(cfg.get("idle_ttl_s", 600)),
         engine_options=cfg,
-        heartbeat_s=spec.heartbeat_s,
-        liveness=spec.liveness,
     )
