@@ -25,7 +25,9 @@ if [[ -x "$TARGET" && "${FORCE:-0}" != 1 ]]; then
     log "$TARGET reports '${have:-unknown}', want $VERSION; rebuilding"
 fi
 
-command -v go >/dev/null || { log "go not found on PATH (needs Go >= 1.22)"; exit 1; }
+# Go's own installer puts it in /usr/local/go/bin, which a non-login shell may not have on PATH.
+[[ -x /usr/local/go/bin/go ]] && PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { log "go not found on PATH or in /usr/local/go/bin (needs Go >= 1.22)"; exit 1; }
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
