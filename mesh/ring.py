@@ -374,7 +374,7 @@ def remove_stale_segments() -> list[str]:
         if not name.startswith(NAME_PREFIX):
             continue
         pid_text = name[len(NAME_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
         try:
             os.unlink(os.path.join(SHM_DIR, name))
@@ -384,7 +384,10 @@ def remove_stale_segments() -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (ours or another user's)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

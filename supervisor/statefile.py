@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from voxmesh.mesh.ring import pid_alive
+
 
 def state_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
@@ -55,15 +57,3 @@ def remove(port: int, pid: int) -> None:
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == pid:
             path.unlink()
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
