@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
 import wave
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from browser import launch, require_browser
 from livekit import api, rtc
 
 from voxmesh.actors.transport.livekit_bridge import (
@@ -340,32 +339,12 @@ def test_aclose_ends_live_sessions(lk: LiveKitServerInfo) -> None:
     run(lk, body)
 
 
-# Headless Chromium that stays off the network: see docs/browser.md.
-CHROMIUM_FLAGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-domain-reliability",
-    "--disable-breakpad",
-    "--metrics-recording-only",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 STATIC = Path(__file__).resolve().parent.parent / "actors/transport/static"
 
 
 def test_page_over_livekit_in_chromium(lk: LiveKitServerInfo, tmp_path: Path) -> None:
     """The shipped page, in headless Chromium, talks to the bridge through LiveKit."""
-    pw_api = pytest.importorskip("playwright.async_api", reason="needs `pip install playwright`")
-    exe = os.environ.get("VOXMESH_CHROMIUM") or shutil.which("chromium")
-    if exe is None:
-        pytest.skip("needs Chromium (apt-get install chromium) or $VOXMESH_CHROMIUM")
+    pw_api, exe = require_browser()  # skips locally, fails in CI when missing
     wav = tmp_path / "mic.wav"  # Chromium loops it as the microphone: 0.5 s quiet, 1 s tone
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
@@ -392,10 +371,9 @@ def test_page_over_livekit_in_chromium(lk: LiveKitServerInfo, tmp_path: Path) ->
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        flags = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}"]
         try:
             async with pw_api.async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=exe, args=flags)
+                browser = await launch(pw, exe, wav)
                 try:
                     page = await browser.new_page()
                     page.set_default_timeout(15_000)

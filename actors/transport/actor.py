@@ -34,6 +34,7 @@ class LiveKitSettings:
     url: str
     api_key: str
     api_secret: str
+    public_url: str = ""  # what browsers are told, when it differs from `url`
 
 
 class TransportActor(Actor):
@@ -95,7 +96,13 @@ class TransportActor(Actor):
             from .livekit_bridge import LiveKitBridge  # optional: only with LiveKit configured
 
             lk = self.livekit
-            self.bridge = LiveKitBridge(self._livekit_opener, lk.url, lk.api_key, lk.api_secret)
+            self.bridge = LiveKitBridge(
+                self._livekit_opener,
+                lk.url,
+                lk.api_key,
+                lk.api_secret,
+                public_url=lk.public_url or None,
+            )
         try:
             await self.server.start()
         except BaseException:
@@ -214,7 +221,10 @@ def build(spec: ActorSpec) -> TransportActor:
     livekit = None
     if lk.get("url"):
         livekit = LiveKitSettings(
-            str(lk["url"]), str(lk.get("api_key", "")), str(lk.get("api_secret", ""))
+            str(lk["url"]),
+            str(lk.get("api_key", "")),
+            str(lk.get("api_secret", "")),
+            public_url=str(lk.get("public_url", "")),
         )
     return TransportActor(
         spec.name,

@@ -10,8 +10,9 @@ in, the agent opens a core session through the `SessionOpener` and then:
 - `ClientLink.send_event`       -> reliable data packets with topic `voxmesh`,
 - `ClientLink.clear`            -> `AudioSource.clear_queue()` plus a `clear` event.
 
-When the user leaves (or the room goes away, or anything fails) the session handle is
-closed, the agent disconnects and the room is deleted. All calls run on one asyncio loop.
+When the user leaves (or sends `bye`, or the room goes away, or anything fails) the
+session handle is closed, the agent disconnects and the room is deleted. All calls run on
+one asyncio loop.
 
 Presence: livekit-server announces a participant that publishes nothing only in a batch every
 3 s (a publisher at once), and one that joins and leaves inside a batch is never announced.
@@ -59,6 +60,27 @@ class SessionHandle(Protocol):
 
 
 SessionOpener = Callable[[ClientLink], Awaitable[SessionHandle]]
+
+
+async def receive_stats(track: rtc.Track) -> dict[str, float] | None:
+    """WebRTC's inbound stats of a remote audio track: what its jitter buffer holds back.
+
+    ``jitter_buffer_ms``: average delay of the samples played out so far, ``target_ms``: the
+    buffer's current target, ``concealed_pct``: share of samples made up (loss, underrun).
+    """
+    for st in await track.get_stats():
+        if st.WhichOneof("stats") != "inbound_rtp":
+            continue
+        ib, rx = st.inbound_rtp.inbound, st.inbound_rtp.received
+        emitted = ib.jitter_buffer_emitted_count
+        samples = ib.total_samples_received
+        return {
+            "packets": float(rx.packets_received),
+            "jitter_buffer_ms": 1000 * ib.jitter_buffer_delay / emitted if emitted else 0.0,
+            "target_ms": 1000 * ib.jitter_buffer_target_delay / emitted if emitted else 0.0,
+            "concealed_pct": 100 * ib.concealed_samples / samples if samples else 0.0,
+        }
+    return None
 
 
 class LiveKitBridge:
@@ -372,6 +394,8 @@ class _Agent:
                     await self._handle.client_message(msg)
                 except Exception:
                     log.exception("livekit %s: client_message failed", self.room_name)
+                if msg.get("type") == "bye":  # the core ended the session: end the room too
+                    break
         except Exception as e:
             log.exception("livekit %s: session failed", self.room_name)
             err = {"type": "error", "code": "internal", "message": f"session failed: {e}"}
@@ -412,6 +436,19 @@ class _Agent:
         for task in list(self._bg):  # presence watcher, mic pump, pending error events
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
+        if self._mic_track is not None:  # what the network cost this session's mic
+            with contextlib.suppress(Exception):
+                st = await asyncio.wait_for(receive_stats(self._mic_track), timeout)
+                if st:
+                    log.info(
+                        "livekit %s: mic: %d packets, jitter buffer %.0f ms (target %.0f ms), "
+                        "%.1f%% concealed",
+                        self.room_name,
+                        st["packets"],
+                        st["jitter_buffer_ms"],
+                        st["target_ms"],
+                        st["concealed_pct"],
+                    )
         if self._handle is not None:
             try:
                 await asyncio.wait_for(self._handle.close(), timeout)

@@ -4,6 +4,7 @@ import { Room, RoomEvent, Track } from 'livekit-client';
 
 const TOPIC = 'voxmesh';
 const AGENT = 'voxmesh-agent';
+const STATS_EVERY_MS = 1000;
 
 export class LiveKitTransport {
   /** @param {import('./main.js').Handlers} h @param {{url: string, token: string, room: string}} session */
@@ -38,6 +39,7 @@ export class LiveKitTransport {
       el.hidden = true;
       document.body.appendChild(el);
       this.h.onStatus('agent audio connected');
+      this.watchOnsets(track).catch((err) => this.h.onStatus(`no onset watch (${err})`));
     });
     room.on(RoomEvent.TrackUnsubscribed, (track) => track.detach().forEach((el) => el.remove()));
     room.on(RoomEvent.AudioPlaybackStatusChanged, () => {
@@ -63,13 +65,50 @@ export class LiveKitTransport {
       .catch((err) => this.h.onStatus(`send failed: ${err}`));
   }
 
-  /** Inbound stats of the agent's track (tests read them through window.voxmesh.audioStats). */
+  /**
+   * The page's latency needs the moment the reply becomes audible: an `onset-watch` worklet
+   * on the agent's track hears what the <audio> element plays (after WebRTC's jitter buffer).
+   * Also shows the jitter buffer's delay over the last second.
+   */
+  async watchOnsets(track) {
+    const ctx = new AudioContext({ latencyHint: 'interactive' });
+    this.ctx = ctx;
+    await ctx.audioWorklet.addModule(new URL('./worklets.js', import.meta.url).href);
+    await ctx.resume();
+    const src = ctx.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
+    const watch = new AudioWorkletNode(ctx, 'onset-watch', { outputChannelCount: [1] });
+    watch.port.onmessage = (e) => e.data.type === 'onset' && this.h.onPlaybackStarted();
+    src.connect(watch);
+    watch.connect(ctx.destination); // silent; keeps the node pulled by the graph
+    let last = null;
+    this.statsTimer = setInterval(async () => {
+      const s = await this.audioStats();
+      if (s && last && s.emitted > last.emitted) {
+        this.h.onBuffer(((s.jitterDelay - last.jitterDelay) / (s.emitted - last.emitted)) * 1000);
+      }
+      last = s;
+    }, STATS_EVERY_MS);
+  }
+
+  /**
+   * Inbound stats of the agent's track (tests read them through window.voxmesh.audioStats):
+   * packets, energy (grows only with audible audio), samples, and the jitter buffer's
+   * cumulative delay (s) over the samples it emitted (`jitterBufferMs`: their average).
+   */
   async audioStats() {
     const receiver = this.agentTrack && this.agentTrack.receiver;
     if (!receiver) return null;
     for (const r of (await receiver.getStats()).values()) {
       if (r.type === 'inbound-rtp') {
-        return { packets: r.packetsReceived, energy: r.totalAudioEnergy, samples: r.totalSamplesReceived };
+        const emitted = r.jitterBufferEmittedCount || 0;
+        return {
+          packets: r.packetsReceived,
+          energy: r.totalAudioEnergy,
+          samples: r.totalSamplesReceived,
+          jitterDelay: r.jitterBufferDelay || 0,
+          emitted,
+          jitterBufferMs: emitted ? (r.jitterBufferDelay / emitted) * 1000 : null,
+        };
       }
     }
     return null;
@@ -80,6 +119,8 @@ export class LiveKitTransport {
   }
 
   async stop() {
+    clearInterval(this.statsTimer);
+    if (this.ctx && this.ctx.state !== 'closed') await this.ctx.close().catch(() => {});
     if (this.room.state === 'connected') await this.send({ type: 'bye' });
     await this.room.disconnect();
     document.querySelectorAll('[data-testid="agent-audio"]').forEach((el) => el.remove());

@@ -9,6 +9,7 @@ import { WsTransport } from './ws-client.js';
  * @property {(why: string) => void} onClose
  * @property {() => void} onPlaybackStarted
  * @property {(samples: number, bufferedMs: number) => void} onPlayback
+ * @property {(ms: number) => void} onBuffer
  * @property {(stream: MediaStream, ctx: AudioContext | null) => void} onMicStream
  */
 
@@ -34,6 +35,7 @@ let micOn = true;
 let speechEndAt = null; // when the user's turn ended (vad speech_end, or text sent)
 let awaitingAudio = false;
 let replyDone = true; // the next `reply` starts a new bot turn
+let userTurnFinal = false; // a final transcript came: partials wait for the next speech_start
 
 function setState(state) {
   vm.state = state;
@@ -85,6 +87,7 @@ const handlers = {
         break;
       case 'vad':
         $('vad').dataset.active = String(ev.event === 'speech_start');
+        if (ev.event === 'speech_start') userTurnFinal = false;
         if (ev.event === 'speech_end') turnEnded();
         break;
       case 'transcript':
@@ -94,7 +97,9 @@ const handlers = {
           $('transcript-partial').textContent = '';
           if (ev.text) addHistory('user', ev.text);
           replyDone = true;
-        } else {
+          userTurnFinal = true;
+        } else if (!userTurnFinal) {
+          // (a late partial of a finished turn would only repeat the final in grey)
           $('transcript-partial').textContent = ev.text;
         }
         break;
@@ -105,10 +110,6 @@ const handlers = {
         else $('history').lastChild.textContent = vm.reply;
         replyDone = false;
         $('reply').textContent = vm.reply;
-        break;
-      case 'audio_start':
-        // LiveKit gives no per-frame hook: its latency is taken at audio_start.
-        if (transport && transport.name === 'livekit') showLatency();
         break;
       case 'audio_end':
         if (ev.reason === 'interrupted') $('reply').dataset.interrupted = 'true';
@@ -130,11 +131,14 @@ const handlers = {
     setConnected(false);
   },
   onPlaybackStarted() {
-    showLatency(); // WebSocket: the first sample actually played
+    showLatency(); // the first reply sample rendered (WebSocket) or audible (LiveKit)
   },
   onPlayback(samples, bufferedMs) {
     vm.played = samples;
     $('buffer').textContent = `${Math.round(bufferedMs)} ms`;
+  },
+  onBuffer(ms) {
+    $('buffer').textContent = `${Math.round(ms)} ms`; // LiveKit: WebRTC's jitter buffer
   },
   onMicStream(stream, ctx) {
     meter(stream, ctx || new AudioContext());
@@ -196,6 +200,7 @@ async function start() {
     transport = await openTransport();
     vm.transport = transport.name;
     $('transport').textContent = transport.name;
+    if (transport.session) $('session').textContent = transport.session.room; // LiveKit
     await transport.start();
     setConnected(true);
     setState('listening');

@@ -1,8 +1,10 @@
-// AudioWorklet processors for the WebSocket path (loaded with audioWorklet.addModule).
+// AudioWorklet processors (loaded with audioWorklet.addModule).
 //
 // mic-capture: context-rate float mic -> s16le chunks of ~20 ms, posted to the page.
 // pcm-player:  48 kHz s16le frames -> speakers through a small jitter buffer; obeys `clear`
 //              at once; reports how many 48 kHz samples it has actually played.
+// onset-watch: (LiveKit path) posts `onset` when its input turns audible after >= 100 ms of
+//              quiet: when the agent's reply starts to be heard.
 
 const SRC_RATE = 48000;
 
@@ -115,5 +117,30 @@ class PcmPlayer extends AudioWorkletProcessor {
   }
 }
 
+const ONSET_LEVEL = 0.01; // peak, about -40 dBFS: decoded silence stays far below
+const ONSET_QUIET_S = 0.1;
+
+class OnsetWatch extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.quietNeeded = Math.ceil((sampleRate * ONSET_QUIET_S) / 128); // render quanta
+    this.quiet = this.quietNeeded;
+  }
+
+  process(inputs) {
+    const ch = inputs[0] && inputs[0][0];
+    let peak = 0;
+    if (ch) for (let i = 0; i < ch.length; i++) peak = Math.max(peak, Math.abs(ch[i]));
+    if (peak < ONSET_LEVEL) {
+      this.quiet++;
+    } else {
+      if (this.quiet >= this.quietNeeded) this.port.postMessage({ type: 'onset' });
+      this.quiet = 0;
+    }
+    return true;
+  }
+}
+
+registerProcessor('onset-watch', OnsetWatch);
 registerProcessor('mic-capture', MicCapture);
 registerProcessor('pcm-player', PcmPlayer);
