@@ -136,15 +136,27 @@ async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:
     await asyncio.sleep(0.08)
     assert s.state == State.USER_SPEAKING
     assert [m.epoch for m in out.tts if isinstance(m, Stop)] == [epoch + 1]
-    assert s.turn_start == 50000
+    assert s.turn_start == 50000 - 3200  # ASR hears the new turn from 200 ms before its onset
 
 
-async def test_false_interruption_resumes() -> None:
+def asr_answers(engine: TurnEngine, out: Recorder, s: Session, text: str) -> AsrRequest:
+    """ASR answers the newest request with ``text``; returns that request."""
+    req = out.asr[-1]
+    engine.on_transcript(
+        s, Transcript(session="s", turn=req.turn, text=text, final=req.final, end=req.end)
+    )
+    return req
+
+
+async def test_false_interruption_resumes_once_asr_hears_no_words() -> None:
     engine, out, s = make(interrupt_ms=200)
     await speak_turn(engine, out, s, "keep talking")
     engine.on_vad(s, vad("speech_start", 50000))
     engine.on_vad(s, vad("speech_pause", 52400))
     engine.on_vad(s, vad("speech_end", 52400))
+    assert s.state == State.PAUSED  # the burst goes to ASR first
+    req = asr_answers(engine, out, s, "")
+    assert (req.start, req.end, req.final) == (50000 - 3200, 52400, False)  # 200 ms lead
     assert s.state == State.SPEAKING
     assert any(isinstance(m, Resume) for m in out.tts)
     assert any(isinstance(m, Release) for m in out.transport)
@@ -161,6 +173,84 @@ async def test_words_heard_during_pause_confirm_the_interruption() -> None:
         s, Transcript(session="s", turn=s.turn, text="wait", final=False, end=56000)
     )
     assert s.state == State.USER_SPEAKING
+
+
+async def test_a_short_word_then_a_pause_is_an_interruption() -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "one two three")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 54000))
+    engine.on_vad(s, vad("speech_end", 54000))  # "Stop," and the user draws breath
+    asr_answers(engine, out, s, "Stop.")
+    assert any(isinstance(m, Stop) for m in out.tts)
+    assert not any(isinstance(m, Resume) for m in out.tts)
+    # The VAD has already ended that speech: the user's turn is over, its words go to ASR.
+    assert s.state == State.THINKING
+    req = asr_answers(engine, out, s, "Stop.")
+    assert (req.start, req.end, req.final) == (50000 - 3200, 54000, True)
+    await settle()
+    finals = [e["text"] for e in out.events if e["type"] == "transcript" and e["final"]]
+    assert finals[-1] == "Stop."
+
+
+async def test_a_pause_with_no_asr_answer_resumes_after_a_while() -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "one two three")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_end", 52400))
+    now = s.partial_inflight_since
+    engine.poll_partials(s, now + 0.5)
+    assert s.state == State.PAUSED
+    engine.poll_partials(s, now + 2 * 0.6 + 0.01)
+    assert s.state == State.SPEAKING
+
+
+@pytest.mark.parametrize("text", ["Uh.", "uh uh uh", "Mm-hmm.", "Hmm?", "H", "X.", "I..."])
+async def test_filler_sounds_heard_during_pause_do_not_interrupt(text: str) -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "one two three")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_transcript(s, Transcript(session="s", turn=s.turn, text=text, final=False, end=1))
+    assert s.state == State.PAUSED
+    engine.on_vad(s, vad("speech_pause", 52400))
+    engine.on_vad(s, vad("speech_end", 52400))
+    asr_answers(engine, out, s, text)
+    assert s.state == State.SPEAKING  # resumed: a backchannel, not a turn
+
+
+async def test_partial_arriving_after_the_turn_ended_is_not_shown() -> None:
+    engine, out, s = make()
+    await speak_turn(engine, out, s, "hello there")
+    engine.on_transcript(
+        s, Transcript(session="s", turn=s.turn, text="hello the", final=False, end=19000)
+    )
+    texts = [(e["text"], e["final"]) for e in out.events if e["type"] == "transcript"]
+    assert texts == [("hello there", True)]
+
+
+async def test_partials_go_out_at_most_once_per_interval_and_not_during_a_pause() -> None:
+    out = Recorder()
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600))
+    s = Session("s", slot=0, generation=1, client="ws")
+    engine.on_vad(s, vad("speech_start", 0))
+    out.head = 16000
+
+    def answer(t: float) -> None:
+        engine.poll_partials(s, t)
+        req = out.asr[-1]
+        engine.on_transcript(
+            s, Transcript(session="s", turn=req.turn, text="so", final=False, end=req.end)
+        )
+
+    answer(100.0)
+    answer(100.3)  # answered at once, but too soon for another
+    engine.poll_partials(s, 100.5)
+    assert len(out.asr) == 1
+    engine.poll_partials(s, 100.61)
+    assert len(out.asr) == 2
+    engine.on_vad(s, vad("speech_pause", 16000))  # a speculative final goes out...
+    engine.poll_partials(s, 102.0)  # ...and no partial competes with it
+    assert [r.final for r in out.asr] == [False, False, True]
 
 
 async def test_stale_transcripts_and_playback_events_are_ignored() -> None:

@@ -101,6 +101,16 @@ def test_frames_go_out_on_an_absolute_grid_with_a_lead(slot: Slot) -> None:
     assert stats.frames_sent == 10 and stats.late_frames == 4  # those sent at 101.0
 
 
+def test_each_utterance_is_paced_from_its_own_first_frame(slot: Slot) -> None:
+    pb, _, stats = make(slot)
+    write(slot, [1, 2], utt=1)
+    assert len(drain(pb, 10.0)) == 2
+    write(slot, list(range(10)), utt=2)  # the next reply, seconds later
+    assert len(drain(pb, 15.0)) == 4  # paced again, not all at once to catch up a stale grid
+    assert pb.due(15.0) == pytest.approx(15.02)
+    assert stats.late_frames == 0
+
+
 def test_underrun_is_counted_once_and_reanchors(slot: Slot) -> None:
     pb, sink, stats = make(slot)
     write(slot, [1, 2], last=False)

@@ -48,7 +48,9 @@ class Session:
     onset_sample: int = 0  # where a barge-in began
     confirm_timer: asyncio.TimerHandle | None = None
     confirm_due: bool = False  # the interruption timer ran out during a speech pause
+    burst_end: int | None = None  # a barge-in burst ended here: resume unless ASR hears words
     partial_inflight_since: float = 0.0
+    last_partial_at: float = 0.0  # partials go out at most every partial_interval_ms
     last_progress: float = 0.0  # watchdog: last sign of frames flowing
     progress_mark: tuple[int, int] = (0, 0)  # (out head, out tail) at last_progress
     history: list[dict[str, str]] = field(default_factory=list)
@@ -58,3 +60,4 @@ class Session:
             self.confirm_timer.cancel()
             self.confirm_timer = None
         self.confirm_due = False
+        self.burst_end = None

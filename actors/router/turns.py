@@ -32,6 +32,7 @@ from voxmesh.mesh.protocol import (
     VadEvent,
 )
 from voxmesh.speech.chunking import SentenceChunker
+from voxmesh.speech.wer import normalize_text
 
 from .responder import Responder
 from .session import Reply, Session, State
@@ -44,6 +45,26 @@ class Outbox(Protocol):
     def event(self, session: Session, event: dict[str, Any]) -> None: ...
     def mic_head(self, session: Session) -> int: ...
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+
+# Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
+# ("mm-hmm", "uh"), not a reason to stop the bot (DESIGN section 2).
+FILLERS = frozenset(
+    {"uh", "um", "uhm", "er", "erm", "ah", "aah", "oh", "eh", "hm", "hmm", "mm", "mmm", "mhm"}
+    | {"huh"}  # "uh-huh" normalises to "uh huh"
+)
+
+
+def has_words(text: str) -> bool:
+    """Does ASR's ``text`` hold a word? Fillers, and the lone letters Whisper writes for a
+    hum or an "ah" ("H", "X", "I"), do not count."""
+    return any(w not in FILLERS and len(w) > 1 for w in normalize_text(text))
+
+
+# ASR hears a barge-in from this long before the VAD's onset: Silero starts late on soft
+# onsets, and "Stop" cut to "op" is heard as nothing (measured on Piper speech: the first
+# word of "Stop, wait a moment." recognised in 4 of 6 windows from the onset, 6 of 6 with 200 ms).
+BARGE_IN_ASR_LEAD = 16000 * 200 // 1000
 
 
 @dataclass(frozen=True)
@@ -118,7 +139,12 @@ class TurnEngine:
             s.confirm_timer = asyncio.get_running_loop().call_later(
                 self.cfg.interrupt_min_ms / 1000, self._confirm_due, s
             )
+            s.last_partial_at = 0.0  # ASR may check the barge-in as soon as it has audio
             self._set_state(s, State.PAUSED)
+        elif s.state == State.PAUSED:  # speech again before the last burst was judged
+            s.burst_end = None
+            if s.confirm_due:
+                self._interrupt(s)
         elif s.state == State.THINKING:
             # The user went on talking before the reply played: drop it, keep the turn whole.
             self._stop_output(s)
@@ -146,18 +172,22 @@ class TurnEngine:
     def _speech_end(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = False
         self.out.event(s, {"type": "vad", "event": "speech_end", "sample": ev.sample})
-        if s.state == State.PAUSED:  # a cough, an "mm-hmm": carry on where the user left off
-            s.cancel_timer()
-            self.out.to_tts(s, Resume(session=s.id, epoch=s.epoch))
-            self.out.to_transport(Release(session=s.id, epoch=s.epoch))
-            self._set_state(s, State.SPEAKING)
+        if s.state == State.PAUSED:
+            # A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
+            # heard the burst: a short word and a pause ("Stop, wait...") is an interruption.
+            s.burst_end = ev.sample
+            if not s.partial_inflight_since:
+                self._request_partial(s, self._barge_in_start(s), ev.sample, time.monotonic())
         elif s.state == State.USER_SPEAKING:
-            s.turn_end = ev.sample
-            self._set_state(s, State.THINKING)
-            if ev.sample in s.transcripts:
-                self._turn_confirmed(s, s.transcripts[ev.sample])
-            elif s.pending_end != ev.sample:
-                self._request_asr(s, ev.sample, final=True)
+            self._turn_ended(s, ev.sample)
+
+    def _turn_ended(self, s: Session, sample: int) -> None:
+        s.turn_end = sample
+        self._set_state(s, State.THINKING)
+        if sample in s.transcripts:
+            self._turn_confirmed(s, s.transcripts[sample])
+        elif s.pending_end != sample:
+            self._request_asr(s, sample, final=True)
 
     def _confirm_due(self, s: Session) -> None:
         s.confirm_timer = None
@@ -168,12 +198,21 @@ class TurnEngine:
         else:
             s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
 
+    def _resume(self, s: Session) -> None:
+        s.cancel_timer()
+        self.out.to_tts(s, Resume(session=s.id, epoch=s.epoch))
+        self.out.to_transport(Release(session=s.id, epoch=s.epoch))
+        self._set_state(s, State.SPEAKING)
+
     def _interrupt(self, s: Session) -> None:
         """A real interruption: the bot yields the floor to the user's new turn."""
+        burst_end = s.burst_end
         s.cancel_timer()
         self._stop_output(s)
-        self._new_turn(s, s.onset_sample)
+        self._new_turn(s, self._barge_in_start(s))
         self._set_state(s, State.USER_SPEAKING)
+        if burst_end is not None:  # the VAD has ended this speech already: so has the turn
+            self._turn_ended(s, burst_end)
 
     # --- ASR -------------------------------------------------------------------------------
 
@@ -182,10 +221,14 @@ class TurnEngine:
             return  # an older turn's answer
         if not tr.final:
             s.partial_inflight_since = 0.0
+            if s.state not in (State.USER_SPEAKING, State.PAUSED):
+                return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
                 self.out.event(s, {"type": "transcript", "text": tr.text, "final": False})
-            if s.state == State.PAUSED and tr.text:
+            if s.state == State.PAUSED and has_words(tr.text):
                 self._interrupt(s)  # ASR hears words: not a cough
+            elif s.state == State.PAUSED and s.burst_end is not None:
+                self._resume(s)
             return
         s.transcripts[tr.end] = tr.text
         if s.state == State.THINKING and tr.end == s.turn_end and s.reply is None:
@@ -211,16 +254,31 @@ class TurnEngine:
     def poll_partials(self, s: Session, now: float) -> None:
         if s.state not in (State.USER_SPEAKING, State.PAUSED):
             return
-        stale = now - s.partial_inflight_since > 2 * self.cfg.partial_interval_ms / 1000
+        interval = self.cfg.partial_interval_ms / 1000
+        stale = now - s.partial_inflight_since > 2 * interval
         if s.partial_inflight_since and not stale:
             return
+        if s.state == State.PAUSED and s.burst_end is not None:
+            self._resume(s)  # ASR never answered on the burst: do not hold the reply forever
+            return
+        if now - s.last_partial_at < interval:
+            return  # back to back, partials would keep the ASR (and its cores) always busy
+        if s.state == State.USER_SPEAKING and s.pending_end is not None:
+            return  # the speculative final for this pause is on its way: a partial only delays it
         start = s.onset_sample if s.state == State.PAUSED else s.turn_start
         head = self.out.mic_head(s)
         if head - start >= 16000 * 0.3:
-            s.partial_inflight_since = now
-            self.out.to_asr(
-                AsrRequest(session=s.id, turn=s.turn, start=start, end=head, final=False)
-            )
+            if s.state == State.PAUSED:
+                start = self._barge_in_start(s)
+            self._request_partial(s, start, head, now)
+
+    @staticmethod
+    def _barge_in_start(s: Session) -> int:
+        return max(0, s.onset_sample - BARGE_IN_ASR_LEAD)
+
+    def _request_partial(self, s: Session, start: int, end: int, now: float) -> None:
+        s.partial_inflight_since = s.last_partial_at = now
+        self.out.to_asr(AsrRequest(session=s.id, turn=s.turn, start=start, end=end, final=False))
 
     # --- replies ---------------------------------------------------------------------------
 

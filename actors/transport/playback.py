@@ -346,6 +346,7 @@ class Playback:
         last = u.ended and not u.pending
         if not u.started:
             u.started = True
+            self._anchor_t = None  # every utterance starts its own clock (else a burst)
             self.sink.client_event({"type": "audio_start", "utterance_id": u.id})
             self.sink.router(
                 PlaybackStarted(session=self.session, epoch=u.epoch, utterance=u.id, t=now)
