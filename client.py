@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
@@ -376,12 +376,17 @@ async def open_session(
         raise ConnectError(f"cannot connect to {url}: {exc or type(exc).__name__}") from None
 
 
+class PcmSender(Protocol):
+    async def send_bytes(self, data: bytes) -> None: ...
+
+
 class MicStream:
-    """A microphone on a ``WsClient``: ``chunk_ms`` packets of queued audio (or silence when
-    the queue is empty and ``silence`` is set) on an absolute schedule, ``speed`` times real
-    time (0: as fast as the socket takes them). Sample positions count from the stream's
-    start; ``log`` holds ``(send time, first sample)`` of every packet, so ``sent_time(i)``
-    is when sample ``i`` left, e.g. the last sample of the user's speech.
+    """A microphone on a ``WsClient`` (any ``PcmSender``): ``chunk_ms`` packets of queued
+    audio (or silence when the queue is empty and ``silence`` is set) on an absolute
+    schedule, ``speed`` times real time (0: as fast as the socket takes them). Sample
+    positions count from the stream's start; ``log`` holds ``(send time, first sample)`` of
+    every packet, so ``sent_time(i)`` is when sample ``i`` left, e.g. the last sample of
+    the user's speech.
 
         async with MicStream(client, 16000) as mic:
             end = mic.queue(pcm)             # the position just past it
@@ -389,7 +394,7 @@ class MicStream:
     """
 
     def __init__(
-        self, client: WsClient, rate: int, *, chunk_ms: float = 20, speed: float = 1.0
+        self, client: PcmSender, rate: int, *, chunk_ms: float = 20, speed: float = 1.0
     ) -> None:
         self.client = client
         self.rate = rate

@@ -162,7 +162,7 @@ class FakeSocket:
 
 async def test_mic_positions_count_the_silence_sent_between_utterances() -> None:
     sock = FakeSocket()
-    mic = MicStream(sock, 16000, speed=4.0)  # type: ignore[arg-type]
+    mic = MicStream(sock, 16000, speed=4.0)
     async with mic:
         await mic.wait_sent(3200, timeout=5)  # silence while idle
         voice = np.arange(1, 801, dtype=np.int16)
