@@ -34,7 +34,7 @@ class VadActor(Actor):
         model: str = "",
         threshold: float = 0.5,
         min_speech_ms: int = 64,
-        min_silence_ms: int = 200,
+        min_silence_ms: int = 250,
         speech_pad_ms: int = 30,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
@@ -113,6 +113,6 @@ def build(spec: ActorSpec) -> VadActor:
         model=str(cfg.get("model", "")),
         threshold=float(cfg.get("threshold", 0.5)),
         min_speech_ms=int(cfg.get("min_speech_ms", 64)),
-        min_silence_ms=int(cfg.get("min_silence_ms", 200)),
+        min_silence_ms=int(cfg.get("min_silence_ms", 250)),
         speech_pad_ms=int(cfg.get("speech_pad_ms", 30)),
     )
