@@ -23,13 +23,8 @@ from aiohttp import web
 from browser import launch, require_browser
 from livekit import api, rtc
 
-from voxmesh.actors.transport.livekit_bridge import (
-    AGENT_IDENTITY,
-    TOPIC,
-    ClientLink,
-    LiveKitBridge,
-    SessionHandle,
-)
+from voxmesh.actors.transport.links import ClientLink, SessionHandle
+from voxmesh.actors.transport.livekit_bridge import AGENT_IDENTITY, TOPIC, LiveKitBridge
 
 try:  # tests/ may or may not become a package
     from .lkserver import LiveKitServerError, LiveKitServerInfo, running_livekit_server

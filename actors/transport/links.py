@@ -2,8 +2,7 @@
 
 The core (sessions, pacing, the mesh) knows a client only as a ``ClientLink``; a front end
 (the WebSocket server, the LiveKit bridge) opens a session with a ``SessionOpener`` and
-feeds it through the ``SessionHandle`` it gets back. ``livekit_bridge.py`` codes against
-exactly these three names.
+feeds it through the ``SessionHandle`` it gets back. ``livekit_bridge.py`` imports these.
 """
 
 from __future__ import annotations

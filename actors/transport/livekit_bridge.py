@@ -26,11 +26,13 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from livekit import api, rtc
+
+from .links import SessionHandle, SessionOpener
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +41,6 @@ TOPIC = "voxmesh"  # data packet topic and the agent's track name
 OUT_RATE = 48_000
 MIC_RATE = 16_000  # AudioStream resamples natively, so the core's resampler has nothing to do
 MIC_CAPACITY = 50  # frames (10 ms each) kept if the core stalls: newest 0.5 s wins
-
-
-class ClientLink(Protocol):
-    """What the transport core needs from a client connection."""
-
-    async def send_event(self, event: dict[str, Any]) -> None: ...
-    async def send_audio(self, frame: bytes) -> None: ...
-    async def clear(self) -> None: ...
-
-
-class SessionHandle(Protocol):
-    """What the transport core gives back for each session."""
-
-    session_id: str
-
-    def push_mic(self, pcm: bytes, sample_rate: int) -> None: ...
-    async def client_message(self, msg: dict[str, Any]) -> None: ...
-    async def close(self) -> None: ...
-
-
-SessionOpener = Callable[[ClientLink], Awaitable[SessionHandle]]
 
 
 async def receive_stats(track: rtc.Track) -> dict[str, float] | None:
