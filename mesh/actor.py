@@ -13,6 +13,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import zmq
@@ -22,6 +23,13 @@ from .protocol import Goodbye, Hello, Message, Ready, Shutdown
 from .sockets import Counters, log
 
 TICK_S = 0.05  # bookkeeping granularity; heartbeats are coarser
+
+
+@dataclass
+class _Timer:
+    interval_s: float
+    fn: Callable[[float], None]
+    next_fire: float = 0.0  # due at once
 
 
 class Actor:
@@ -48,7 +56,7 @@ class Actor:
         self.links: dict[str, Link] = {}
         self.started = False
         self._stop: asyncio.Event | None = None
-        self._timers: list[tuple[float, Callable[[float], None]]] = []
+        self._timers: list[_Timer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- hooks for subclasses ---------------------------------------------------------------
@@ -87,7 +95,7 @@ class Actor:
 
     def every(self, interval_s: float, fn: Callable[[float], None]) -> None:
         """Call ``fn(now)`` about every ``interval_s`` (granularity TICK_S)."""
-        self._timers.append((interval_s, fn))
+        self._timers.append(_Timer(interval_s, fn))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a task owned by the actor: kept referenced, cancelled at stop, errors logged."""
@@ -161,17 +169,14 @@ class Actor:
                         which, endpoint, functools.partial(self._announce, which)
                     )
                     self.links[which].open()
-            next_fire = [0.0] * len(self._timers)
             while not self._stop.is_set():
                 now = time.monotonic()
                 for link in self.links.values():
                     link.tick(now)
-                for i, (interval, fn) in enumerate(self._timers):
-                    if now >= next_fire[i]:
-                        next_fire[i] = now + interval
-                        fn(now)
-                if len(next_fire) < len(self._timers):
-                    next_fire.extend([0.0] * (len(self._timers) - len(next_fire)))
+                for timer in list(self._timers):  # a callback may add timers
+                    if now >= timer.next_fire:
+                        timer.next_fire = now + timer.interval_s
+                        timer.fn(now)
                 try:
                     await asyncio.wait_for(self._stop.wait(), TICK_S)
                 except TimeoutError:
