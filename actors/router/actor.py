@@ -8,9 +8,7 @@ read mic and out heads for partial transcripts and the watchdog.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import zmq
@@ -134,9 +132,6 @@ class RouterActor(Actor):
         if self.segment is None:
             return 0
         return self.segment.slots[session.slot].mic.head * MIC_FRAME_SAMPLES
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return super().spawn(coro)
 
     def _send(self, peer: str, msg: Message) -> bool:
         if self.hub is None:
