@@ -12,12 +12,13 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import zmq
 
+from . import auth
 from .link import Link
 from .protocol import Goodbye, Hello, Message, Ready, Shutdown
 from .sockets import Counters, log
@@ -44,8 +45,10 @@ class Actor:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
     ) -> None:
         self.name = name
+        self.secret = secret  # mesh/auth.py: proves to the hubs that we belong to this mesh
         self.router_endpoint = router
         self.supervisor_endpoint = supervisor
         self.heartbeat_s = heartbeat_s
@@ -71,8 +74,15 @@ class Actor:
         """Serve one control message from the router (synchronous: schedule long work)."""
         self.counters.bump("unhandled")
 
+    def handle_supervisor(self, msg: Message) -> None:
+        """Serve a message from the supervisor other than SHUTDOWN and HELLO."""
+        self.counters.bump("unhandled")
+
     def on_router_connect(self) -> None:
         """The router (re)learned about us: re-send whatever state it needs."""
+
+    def on_router_down(self) -> None:
+        """The router went away (its process died, or it stopped answering)."""
 
     def info(self) -> dict[str, Any]:
         """Heartbeat payload (load, sessions, models...)."""
@@ -118,7 +128,8 @@ class Actor:
     # --- the loop ---------------------------------------------------------------------------
 
     def _ready(self) -> Ready:
-        return Ready(name=self.name, kind=self.kind, pid=os.getpid(), info=self.info())
+        token = auth.token_for(self.secret, self.name) if self.secret else ""
+        return Ready(name=self.name, kind=self.kind, pid=os.getpid(), info=self.info(), token=token)
 
     def _link(self, which: str, endpoint: str, on_connect: Callable[[], None]) -> Link:
         return Link(
@@ -131,6 +142,7 @@ class Actor:
             liveness=self.liveness,
             counters=self.counters,
             heartbeat_info=self.info,
+            on_down=self.on_router_down if which == "router" else lambda: None,
         )
 
     def _announce(self, which: str) -> None:
@@ -145,21 +157,25 @@ class Actor:
             self.stop()
         elif isinstance(msg, Hello):
             self._announce(which)
-        elif which == "router":
+        else:
+            handler = self.handle if which == "router" else self.handle_supervisor
             try:
-                self.handle(msg)
+                handler(msg)
             except Exception:  # one bad message must never kill the actor
                 self.counters.bump("handler_errors")
                 log.exception("%s: error handling %s", self.name, type(msg).__name__)
-        else:
-            self.counters.bump("unhandled")
 
-    async def run(self) -> None:
-        """Start, announce, serve until stop(), then shut down cleanly."""
+    async def run(self, wait_to_join: Awaitable[bool] | None = None) -> None:
+        """Start, announce, serve until stop(), then shut down cleanly.
+
+        A warm standby passes ``wait_to_join``: it loads its models (``on_start``) and then
+        waits for it before it connects; False means it will not be needed: stop."""
         self._stop = asyncio.Event()
         try:
             await self.on_start()
             self.started = True
+            if wait_to_join is not None and not await wait_to_join:
+                return
             for which, endpoint in (
                 ("router", self.router_endpoint),
                 ("supervisor", self.supervisor_endpoint),

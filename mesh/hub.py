@@ -1,22 +1,39 @@
-"""The ROUTER side of the mesh: peers by identity, liveness, heartbeats out.
+"""The ROUTER side of the mesh: peers by name, liveness, heartbeats out.
 
 Used by the router actor (control hub for every actor) and the supervisor (readiness and
-health of every process). ROUTER_HANDOVER lets a restarted actor take its name back at
-once; ROUTER_MANDATORY turns a send to a vanished peer into a counted drop, not silence.
+health of every process). A peer is known by the name in its READY; messages to it go to
+the socket identity that READY came from. Links use a fresh random identity per socket
+(mesh/link.py), so nobody can take over a peer's route by connecting with its name, and a
+restarted actor's new READY simply replaces the old route. ROUTER_MANDATORY turns a send to
+a vanished peer into a counted drop, not silence.
+
+Strangers. With a ``secret`` (mesh/auth.py) a READY must carry the token for its name, or
+it is refused and counted (``open_kinds`` names kinds that need none: the supervisor lets
+``voxmesh status`` in as a ``client`` and only ever answers it STATUS). A peer that has not
+sent a good READY is a stranger: it is told HELLO at most once per heartbeat interval, and
+what it sends is held (a few messages, a few seconds, a bounded number of strangers) rather
+than served. When it then proves itself the held messages are served in order: that is how
+a request the transport sent while this hub was restarting is not lost. A flood from a
+stranger costs it its own messages.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from . import protocol
+from . import auth, protocol
 from .protocol import Goodbye, Heartbeat, Hello, Message, ProtocolError, Ready
-from .sockets import Counters, Readable, configure, log, log_drop, recv_all
+from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
+
+MAX_STRANGERS = 16  # identities whose messages are held until they READY
+MAX_HELD_BYTES = 256 * 1024  # message bodies held per stranger (16 strangers: 4 MiB at most)
+HOLD_S = 3.0  # how long a stranger's messages are held
 
 
 @dataclass
@@ -28,6 +45,14 @@ class Peer:
     last_seen: float = 0.0
     liveness: int = 3
     ready_at: float = 0.0
+    identity: bytes = b""  # the socket identity it READYed on: where messages to it go
+
+
+@dataclass
+class _Stranger:
+    hello_at: float = float("-inf")  # when it was last told HELLO
+    held: deque[tuple[float, int, Message]] = field(default_factory=deque)
+    held_bytes: int = 0
 
 
 class Hub:
@@ -43,8 +68,16 @@ class Hub:
         liveness: int = 3,
         counters: Counters | None = None,
         heartbeat_info: Callable[[], dict[str, object]] = dict,
+        secret: str | None = None,
+        open_kinds: frozenset[str] = frozenset(),
+        hold_s: float = HOLD_S,
     ) -> None:
         self.endpoint = endpoint
+        self.secret = secret
+        self.open_kinds = open_kinds  # kinds that may READY without a token (read-only clients)
+        self.hold_s = hold_s
+        self._strangers: OrderedDict[bytes, _Stranger] = OrderedDict()
+        self._names: dict[bytes, str] = {}  # socket identity -> peer name
         self.heartbeat_s = heartbeat_s
         self.liveness_max = liveness
         self.counters = counters if counters is not None else Counters()
@@ -55,7 +88,6 @@ class Hub:
         self._heartbeat_info = heartbeat_info
         sock = context.socket(zmq.ROUTER)
         configure(sock)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.bind(endpoint)
         self._sock: zmq.Socket[bytes] = sock
@@ -70,10 +102,18 @@ class Hub:
         return self.send_frames(name, protocol.encode(msg), type(msg).__name__)
 
     def send_frames(self, name: str, frames: list[bytes], what: str = "message") -> bool:
+        """Send to the peer called ``name`` (through whatever socket identity it READYed on)."""
+        peer = self.peers.get(name)
+        if peer is None:
+            log_drop(self.counters, "send_failed", f"{what} to {name}: not connected")
+            return False
+        return self._send_to(peer.identity, frames, what)
+
+    def _send_to(self, identity: bytes, frames: list[bytes], what: str) -> bool:
         try:
-            self._sock.send_multipart([name.encode(), *frames], zmq.NOBLOCK)
+            self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full): drop, count
-            log_drop(self.counters, "send_failed", f"{what} to {name}: {exc}")
+            log_drop(self.counters, "send_failed", f"{what} to {identity!r}: {exc}")
             return False
         finally:
             self._readable.kick()
@@ -85,44 +125,103 @@ class Hub:
             if kind is None or peer.kind == kind:
                 self.send_frames(peer.name, frames, type(msg).__name__)
 
+    def forget(self, name: str) -> Peer | None:
+        """Drop the peer called ``name`` (it is gone); its socket identity becomes a stranger."""
+        peer = self.peers.pop(name, None)
+        if peer is not None:
+            self._names.pop(peer.identity, None)
+        return peer
+
     def drain(self) -> None:
         now = time.monotonic()
-        for frames in recv_all(self._sock):
+        batch = recv_all(self._sock)
+        for frames in batch:
             if len(frames) < 2:
                 log_drop(self.counters, "malformed", "message without identity")
                 continue
-            name = frames[0].decode("utf-8", "replace")
+            identity = frames[0]
             try:
                 msg = protocol.decode(frames[1:])
             except ProtocolError as exc:
-                log_drop(self.counters, "malformed", f"from {name}: {exc}")
+                log_drop(self.counters, "malformed", f"from {identity[:40]!r}: {exc}")
                 continue
             if isinstance(msg, Ready):
-                peer = Peer(
-                    msg.name, msg.kind, msg.pid, dict(msg.info), now, self.liveness_max, now
-                )
-                if name != msg.name:
-                    log_drop(self.counters, "malformed", f"Ready for {msg.name!r} from {name!r}")
-                    continue
-                self.peers[name] = peer
-                self._on_ready(peer)
+                self._ready(identity, msg, now)
                 continue
-            known = self.peers.get(name)
+            name = self._names.get(identity)
+            known = self.peers.get(name) if name is not None else None
             if known is None:
-                # We restarted (or it did, silently): ask it to introduce itself again.
-                self.counters.bump("unknown_peer")
-                self.send(name, Hello())
+                self._stranger(identity, msg, len(frames[-1]), now)
                 continue
             known.last_seen = now
             known.liveness = self.liveness_max
-            if isinstance(msg, Heartbeat):
-                known.info = dict(msg.info)
-                continue
-            if isinstance(msg, Goodbye):
-                del self.peers[name]
-                self._on_lost(known)
-                continue
-            self._on_message(known, msg)
+            self._serve(known, msg)
+        if len(batch) == RECV_BATCH:
+            self._readable.kick()  # more is waiting: come back after the loop's other work
+
+    def _serve(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Heartbeat):
+            peer.info = dict(msg.info)
+        elif isinstance(msg, Goodbye):
+            self.forget(peer.name)
+            self._on_lost(peer)
+        else:
+            self._on_message(peer, msg)
+
+    def _ready(self, identity: bytes, msg: Ready, now: float) -> None:
+        if (
+            self.secret is not None
+            and msg.kind not in self.open_kinds
+            and not auth.verify(self.secret, msg.name, msg.token)
+        ):
+            log_drop(self.counters, "refused", f"Ready as {msg.name!r} without a valid token")
+            self._strangers.pop(identity, None)  # what it sent before is not to be served
+            return
+        if msg.kind in self.open_kinds and msg.name in self.peers:
+            old_kind = self.peers[msg.name].kind
+            if old_kind not in self.open_kinds:  # a client may not take an actor's name
+                log_drop(self.counters, "refused", f"client Ready as actor {msg.name!r}")
+                return
+        old = self.forget(msg.name)
+        if old is not None and old.identity != identity:
+            log.info("hub: %s (pid %d) replaces pid %d", msg.name, msg.pid, old.pid)
+        peer = Peer(
+            msg.name, msg.kind, msg.pid, dict(msg.info), now, self.liveness_max, now, identity
+        )
+        self.peers[msg.name] = peer
+        self._names[identity] = msg.name
+        self._send_to(identity, protocol.encode(Heartbeat(info=self._heartbeat_info())), "ack")
+        self._on_ready(peer)
+        stranger = self._strangers.pop(identity, None)
+        if stranger is not None:
+            for at, _, held in stranger.held:
+                if now - at <= self.hold_s and self.peers.get(msg.name) is peer:
+                    self.counters.bump("held_served")
+                    self._serve(peer, held)
+
+    def _stranger(self, identity: bytes, msg: Message, size: int, now: float) -> None:
+        """A message from a peer we do not know (we restarted, or it is not of the mesh)."""
+        self.counters.bump("unknown_peer")
+        stranger = self._strangers.get(identity)
+        if stranger is None:
+            if len(self._strangers) >= MAX_STRANGERS:
+                self._strangers.popitem(last=False)
+                self.counters.bump("strangers_evicted")
+            stranger = self._strangers[identity] = _Stranger()
+        else:
+            self._strangers.move_to_end(identity)
+        if not isinstance(msg, Heartbeat):
+            while stranger.held and now - stranger.held[0][0] > self.hold_s:
+                stranger.held_bytes -= stranger.held.popleft()[1]
+                self.counters.bump("held_expired")
+            if stranger.held_bytes + size <= MAX_HELD_BYTES:
+                stranger.held.append((now, size, msg))
+                stranger.held_bytes += size
+            else:
+                self.counters.bump("held_dropped")
+        if now - stranger.hello_at >= self.heartbeat_s:
+            stranger.hello_at = now
+            self._send_to(identity, protocol.encode(Hello()), "Hello")
 
     def tick(self, now: float) -> None:
         if now < self._next_heartbeat:
@@ -138,7 +237,7 @@ class Hub:
                     peer.pid,
                     self.liveness_max,
                 )
-                del self.peers[peer.name]
+                self.forget(peer.name)
                 self._on_lost(peer)
                 continue
             self.send_frames(peer.name, beat, "Heartbeat")

@@ -157,6 +157,7 @@ class Ready(Message):
     kind: str
     pid: int
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    token: str = ""  # mesh/auth.py: proves the sender was started by this run's supervisor
 
 
 @message(0x02)
@@ -195,7 +196,11 @@ class Status(Message):
 
 @message(0x07)
 class MeshHealth(Message):
-    """Router -> transport: which expected actors are up (drives GET /health)."""
+    """Router -> transport: each expected actor's state (drives GET /health).
+
+    States: ``up``, ``starting`` (not seen yet), ``restarting`` (lost, expected back within
+    the hold time), ``lost`` (gone for longer).
+    """
 
     ready: bool
     actors: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -204,6 +209,18 @@ class MeshHealth(Message):
 @message(0x08)
 class Hello(Message):
     """Hub -> peer: "I do not know you" (e.g. the hub restarted); answer with Ready."""
+
+
+@message(0x09)
+class PeerGone(Message):
+    """Supervisor -> router: the process of actor ``name`` (``pid``) has exited.
+
+    The supervisor sees an exit at once (SIGCHLD); with this the router need not wait for
+    missed heartbeats before it fails work over and /health says so.
+    """
+
+    name: str
+    pid: int
 
 
 # --- sessions and client input (0x10-0x1f) --------------------------------------------------
@@ -217,6 +234,14 @@ class SessionOpen(Message):
     slot: int
     generation: int
     client: str = "ws"
+    # A re-announcement to a restarted router carries where the session stands, so its
+    # turns go on fenced by the same epochs the TTS actors and the transport hold.
+    epoch: int = 0
+    utterance: int = 0  # the utterance being played now (0: none)
+    utterances: int = 0  # the highest utterance id the session has seen
+    # Router -> a restarted VAD/ASR: the session is older than you; read its mic ring from
+    # the head, so audio judged before the restart is not taken for new speech.
+    resume: bool = False
 
 
 @message(0x11)
@@ -269,6 +294,7 @@ class Speak(Message):
     first: bool = True
     last: bool = True
     voice: str = ""
+    chunk: int = 0  # index of this chunk within the utterance (for SPEAK_PROGRESS)
 
 
 @message(0x21)
@@ -289,10 +315,15 @@ class Resume(Message):
 
 @message(0x23)
 class Stop(Message):
-    """Router -> TTS and transport: drop the turn; ``epoch`` is the new, bumped epoch."""
+    """Router -> TTS and transport: drop the turn; ``epoch`` is the new, bumped epoch.
+
+    ``reason`` is what the client's ``audio_end`` says of a reply it cuts: ``interrupted``
+    (the default) or ``failed`` (the reply could not be finished).
+    """
 
     session: str
     epoch: int
+    reason: str = "interrupted"
 
 
 @message(0x24)
@@ -344,6 +375,19 @@ class PlaybackEnded(Message):
     heard_samples: int
     reason: str
     t: float
+
+
+@message(0x29)
+class SpeakProgress(Message):
+    """TTS -> router: chunk ``chunk`` (0-based) of an utterance is wholly in the out ring.
+
+    With it the router can hand the rest of a reply to another TTS actor when this one dies.
+    """
+
+    session: str
+    epoch: int
+    utterance: int
+    chunk: int
 
 
 # --- speech (0x30-0x3f) ---------------------------------------------------------------------

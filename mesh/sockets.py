@@ -14,17 +14,24 @@ from collections.abc import Callable
 
 import zmq
 
+from .protocol import MAX_BODY_BYTES
+
 log = logging.getLogger("voxmesh.mesh")
 
 # Bounded queues: a dead peer must never make a sender block or hoard memory.
 SNDHWM = 10_000
 RCVHWM = 10_000
+# The largest frame a peer may send: a bigger one makes ZeroMQ drop that connection before
+# the message is ever buffered (a 16 MiB frame must not cost us 16 MiB).
+MAX_FRAME_BYTES = MAX_BODY_BYTES + 1024
+RECV_BATCH = 1000  # messages handled per wake-up before other work gets the loop
 
 
 def configure(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
 
 
 class Readable:
@@ -56,7 +63,7 @@ class Readable:
         self._loop.remove_reader(self._fd)
 
 
-def recv_all(sock: zmq.Socket[bytes], limit: int = 1000) -> list[list[bytes]]:
+def recv_all(sock: zmq.Socket[bytes], limit: int = RECV_BATCH) -> list[list[bytes]]:
     """Every multipart message waiting on ``sock`` (at most ``limit``), without blocking."""
     out: list[list[bytes]] = []
     try:
