@@ -83,11 +83,27 @@ def running_mesh(args: argparse.Namespace) -> dict[str, Any]:
 # --- up and status -----------------------------------------------------------------------------
 
 
+def up_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config ``voxmesh up`` runs with, checked before anything binds (CliError, 2)."""
+    from voxmesh.supervisor.config import ConfigError, check_exposure
+
+    config = load_config(
+        args,
+        tts={"engine": args.tts} if args.tts else {},
+        server={"allow_unauthenticated": True} if args.allow_unauthenticated else {},
+    )
+    try:
+        check_exposure(config)
+    except ConfigError as exc:
+        raise CliError(str(exc), code=2) from None
+    return config
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from voxmesh.supervisor.services import ServiceUnavailable, load_service
     from voxmesh.supervisor.supervisor import Supervisor
 
-    config = load_config(args, tts={"engine": args.tts} if args.tts else {})
+    config = up_config(args)
     logging.basicConfig(
         level=getattr(logging, os.environ.get("VOXMESH_LOG_LEVEL", "INFO").upper(), logging.INFO),
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -142,6 +158,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         "--livekit",
         action="store_true",
         help="also serve LiveKit clients, starting livekit-server unless livekit.url is set",
+    )
+    up.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback server.host without server.auth_token "
+        "(server.allow_unauthenticated)",
     )
     up.set_defaults(func=cmd_up)
 

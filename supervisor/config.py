@@ -14,6 +14,7 @@ The result is a plain nested dict: ``config["server"]["port"]``.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ def load(
 RANGES: dict[tuple[str, str], tuple[float, float | None]] = {
     ("server", "port"): (0, 65535),
     ("server", "max_message_bytes"): (1, None),
+    ("server", "slow_reader_s"): (0.001, None),
     ("mesh", "max_sessions"): (1, None),
     ("mesh", "mic_ring_frames"): (2, None),
     ("mesh", "out_ring_frames"): (2, None),
@@ -79,6 +81,32 @@ def check_ranges(config: Config) -> None:
         if isinstance(value, (int, float)) and (value < low or (high is not None and value > high)):
             bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
             raise ConfigError(f"{section}.{key} must be {bound}, got {value!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # another name, or "" (every interface): assume others can reach it
+        return False
+
+
+def check_exposure(config: Config) -> None:
+    """What ``voxmesh up`` refuses before binding anything: a server other machines can
+    reach with no ``server.auth_token``, unless ``server.allow_unauthenticated`` says so
+    (``--allow-unauthenticated``); and ``metrics_auth`` without a token to check."""
+    server = config["server"]
+    host, token = str(server["host"]), str(server["auth_token"])
+    if not token and not server["allow_unauthenticated"] and not is_loopback(host):
+        raise ConfigError(
+            f"server.host = {host!r} can be reached from other machines but server.auth_token "
+            "is empty: set a token, bind 127.0.0.1, or pass --allow-unauthenticated"
+        )
+    if server["metrics_auth"] and not token:
+        raise ConfigError("server.metrics_auth = true needs a server.auth_token to check")
 
 
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:

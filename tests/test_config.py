@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from voxmesh.cli import build_parser, load_config
+from voxmesh.cli import CliError, build_parser, load_config, up_config
 from voxmesh.supervisor import config
 from voxmesh.supervisor.config import ConfigError
 
@@ -147,3 +148,59 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
 def test_values_out_of_range_are_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config.load(environ=env)
+
+
+# --- who may reach the server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST"]
+)
+def test_loopback_hosts_need_no_token(host: str) -> None:
+    config.check_exposure(config.with_overrides(config.defaults(), server={"host": host}))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "192.168.1.5", "example.com", "127.0.0.1x"])
+def test_other_hosts_need_a_token_or_an_explicit_yes(host: str) -> None:
+    cfg = config.with_overrides(config.defaults(), server={"host": host})
+    with pytest.raises(ConfigError, match=r"server\.auth_token is empty"):
+        config.check_exposure(cfg)
+    for server in ({"auth_token": "s3cret"}, {"allow_unauthenticated": True}):
+        config.check_exposure(config.with_overrides(cfg, server=server))
+
+
+def test_metrics_auth_needs_a_token() -> None:
+    cfg = config.with_overrides(config.defaults(), server={"metrics_auth": True})
+    with pytest.raises(ConfigError, match="metrics_auth"):
+        config.check_exposure(cfg)
+    config.check_exposure(config.with_overrides(cfg, server={"auth_token": "s3cret"}))
+
+
+def test_up_refuses_a_reachable_server_without_a_token(tmp_path: Path) -> None:
+    """Refused before anything binds (0.0.0.0 is only configured here, never bound)."""
+    path = write(tmp_path, '[server]\nhost = "0.0.0.0"\nport = 0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMESH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "voxmesh", "up", "--config", str(path), "--tts", "mock"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("voxmesh: error: server.host = '0.0.0.0'")
+    assert "--allow-unauthenticated" in lines[0]
+
+
+def test_allow_unauthenticated_flag_and_setting(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nhost = "0.0.0.0"\n')
+    with pytest.raises(CliError) as refused:
+        up_config(build_parser("up").parse_args(["up", "--config", str(path)]))
+    assert refused.value.code == 2
+    args = build_parser("up").parse_args(["up", "--config", str(path), "--allow-unauthenticated"])
+    assert up_config(args)["server"]["allow_unauthenticated"] is True
+    allowed = write(tmp_path, '[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n')
+    up_config(build_parser("up").parse_args(["up", "--config", str(allowed)]))

@@ -525,7 +525,7 @@ async def test_health_metrics_page_and_session(mesh: Mesh) -> None:
         await until(lambda: not mesh.actor.health()[0], 2, "not ready")
         async with http.get(mesh.http + "/health") as r:
             assert r.status == 503
-            assert (await r.json())["actors"] == {"tts0": "down"}
+            assert (await r.json())["actors"] == {"router": "up", "tts0": "down"}
         async with http.get(mesh.http + "/metrics") as r:
             assert r.status == 200
             text = await r.text()

@@ -6,14 +6,17 @@ no config reading (``build(spec)`` maps mesh.toml's ``[server]`` and ``[livekit]
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
 from voxmesh.mesh.ring import RingSegment
 from voxmesh.supervisor.spec import ActorSpec
@@ -21,12 +24,21 @@ from voxmesh.supervisor.spec import ActorSpec
 from .errors import ClientError
 from .links import ClientLink
 from .metrics import TransportStats, render
-from .pacer import RingWatcher
+from .pacer import SLOW_READER_S, RingWatcher
 from .server import WebServer
 from .session import Session
 
 if TYPE_CHECKING:
     from .livekit_bridge import LiveKitBridge
+
+
+log = logging.getLogger("voxmesh.transport")
+
+MAX_HELD = 1024  # client requests held, all sessions together, while the router is away
+# A request sent this shortly before we saw the router die may have died with it (in its
+# socket, or unread): it is sent again to the new router. (A router that did serve it just
+# before dying serves it twice: a repeated reply, rather than silence.)
+RESEND_WINDOW_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,13 @@ class TransportActor(Actor):
         lead_ms: float = 60,
         max_message_bytes: int = 1 << 20,
         auth_token: str = "",
+        metrics_auth: bool = False,
+        slow_reader_s: float = SLOW_READER_S,
         livekit: LiveKitSettings | None = None,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
+        hold_s: float = 3.0,
         ring_poll_ms: float = 2.0,
     ) -> None:
         super().__init__(
@@ -65,11 +81,14 @@ class TransportActor(Actor):
             context=context,
             heartbeat_s=heartbeat_s,
             liveness=liveness,
+            secret=secret,
         )
         self.segment_name = segment
         self.lead_s = lead_ms / 1000
         self.max_message_bytes = max_message_bytes
         self.auth_token = auth_token
+        self.metrics_auth = metrics_auth  # GET /metrics needs the token too
+        self.slow_reader_s = slow_reader_s
         self.livekit = livekit
         self.stats = TransportStats()
         self.watcher = RingWatcher(ring_poll_ms / 1000)
@@ -78,6 +97,10 @@ class TransportActor(Actor):
         self.segment: RingSegment | None = None
         self.bridge: LiveKitBridge | None = None
         self.mesh_health: MeshHealth | None = None
+        self.hold_s = hold_s
+        # Client requests waiting for the router to come back: (when, session, message).
+        self._held: deque[tuple[float, Session, Message]] = deque()
+        self._recent: deque[tuple[float, Session, Message]] = deque()  # sent, maybe lost
         self._free_slots: list[int] = []
 
     @property
@@ -92,6 +115,7 @@ class TransportActor(Actor):
         # The transport is the only one that claims slots: after a restart all are ours.
         self._free_slots = list(range(len(self.segment.slots)))
         self.spawn(self.watcher.run())
+        self.every(0.05, self._pump_held)
         if self.livekit is not None:
             from .livekit_bridge import LiveKitBridge  # optional: only with LiveKit configured
 
@@ -123,9 +147,9 @@ class TransportActor(Actor):
     # --- sessions ---------------------------------------------------------------------------
 
     async def open_session(self, link: ClientLink, *, client: str, greet: bool) -> Session:
-        """Claim a slot, tell the router, start pacing. Raises ClientError("no_slot")."""
+        """Claim a slot, tell the router, start pacing. Raises ClientError(NO_SLOT)."""
         if self.segment is None or not self._free_slots:
-            raise ClientError("no_slot", "every session slot is in use; try again later")
+            raise ClientError(ErrorCode.NO_SLOT, "every session slot is in use; try again later")
         index = self._free_slots.pop(0)
         slot = self.segment.slots[index]
         generation = slot.claim()
@@ -133,7 +157,14 @@ class TransportActor(Actor):
         while session_id in self.sessions:
             session_id = secrets.token_hex(4)
         session = Session(
-            self, link, slot, generation, session_id, client=client, lead_s=self.lead_s
+            self,
+            link,
+            slot,
+            generation,
+            session_id,
+            client=client,
+            lead_s=self.lead_s,
+            slow_reader_s=self.slow_reader_s,
         )
         self.sessions[session_id] = session
         self.stats.sessions_opened += 1
@@ -179,12 +210,64 @@ class TransportActor(Actor):
     def on_router_connect(self) -> None:
         for session in self.sessions.values():
             self.send(session.open_message())
+        self._flush_held()  # after the sessions they belong to, in order
 
     def router_alive(self) -> bool:
+        """The router knows us and was heard from lately (ZeroMQ reports its death at once)."""
         link = self.links.get("router")
-        if link is None or not link.connected or link.last_inbound == 0.0:
+        if link is None or not link.welcomed:
             return False
         return time.monotonic() - link.last_inbound < self.heartbeat_s * self.liveness
+
+    # --- client requests while the router is away ---------------------------------------------
+
+    def to_router(self, session: Session, msg: Message) -> None:
+        """Send a client's request, or hold it (up to hold_s) while the router is away."""
+        now = time.monotonic()
+        if not self._held and self.router_alive() and self.send(msg):
+            while self._recent and now - self._recent[0][0] > RESEND_WINDOW_S:
+                self._recent.popleft()
+            self._recent.append((now, session, msg))
+            return
+        if len(self._held) >= MAX_HELD:
+            session.report(ClientError(ErrorCode.UNAVAILABLE, "the voice mesh is restarting"))
+            return
+        self.stats.held_requests += 1
+        log.info("transport: router away: holding %s of %s", type(msg).__name__, session.session_id)
+        self._held.append((time.monotonic(), session, msg))
+
+    def on_router_down(self) -> None:
+        """What we sent just before the router died goes to the next one too."""
+        now = time.monotonic()
+        resend = [item for item in self._recent if now - item[0] <= RESEND_WINDOW_S]
+        self._recent.clear()
+        if resend:
+            log.info("transport: router gone: %d recent request(s) will be sent again", len(resend))
+            self._held.extendleft(reversed([(now, s, m) for _, s, m in resend]))
+
+    def _flush_held(self) -> None:
+        while self._held:
+            _, session, msg = self._held[0]
+            if not session.closed and not self.send(msg):
+                return
+            self._held.popleft()
+
+    def _pump_held(self, now: float) -> None:
+        if not self._held:
+            return
+        if self.router_alive():
+            self._flush_held()
+            return
+        while self._held and now - self._held[0][0] > self.hold_s:
+            _, session, _ = self._held.popleft()
+            if not session.closed:
+                session.report(
+                    ClientError(
+                        ErrorCode.UNAVAILABLE,
+                        f"the voice mesh did not come back within {self.hold_s:g} s; "
+                        "nothing was done: try again",
+                    )
+                )
 
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "port": self.port, **self.stats.summary()}
@@ -192,14 +275,18 @@ class TransportActor(Actor):
     # --- HTTP views -------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """200-worthy only while the router is live and sees every expected actor up."""
         mesh = self.mesh_health
         alive = self.router_alive()
         ok = alive and mesh is not None and mesh.ready
+        actors: dict[str, Any] = {"router": "up" if alive else "restarting"}
+        if mesh is not None:  # while the router is away, the last states it told us
+            actors.update(mesh.actors)
         detail: dict[str, Any] = {
             "ok": ok,
             "router": "alive" if alive else "unreachable",
             "mesh_ready": bool(mesh is not None and mesh.ready),
-            "actors": dict(mesh.actors) if mesh is not None else {},
+            "actors": actors,
             "sessions": len(self.sessions),
         }
         return ok, detail
@@ -236,7 +323,11 @@ def build(spec: ActorSpec) -> TransportActor:
         lead_ms=float(server.get("lead_ms", 60)),
         max_message_bytes=int(server.get("max_message_bytes", 1 << 20)),
         auth_token=str(server.get("auth_token", "")),
+        metrics_auth=bool(server.get("metrics_auth", False)),
+        slow_reader_s=float(server.get("slow_reader_s", SLOW_READER_S)),
         livekit=livekit,
         heartbeat_s=spec.heartbeat_s,
         liveness=spec.liveness,
+        secret=spec.secret or None,
+        hold_s=spec.hold_s,
     )

@@ -41,3 +41,15 @@ class DetailedClear(Protocol):
     """
 
     async def clear_with(self, detail: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class Droppable(Protocol):
+    """Optional: a link the core can cut off when its client stops taking data.
+
+    ``drop`` queues ``event`` (an ``error``) and a close with ``code``/``reason`` where the
+    connection still takes writes, then makes sure the connection is really gone (the
+    WebSocket link aborts the TCP connection if the close cannot be delivered in time).
+    """
+
+    async def drop(self, event: dict[str, Any], code: int, reason: str) -> None: ...

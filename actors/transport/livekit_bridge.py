@@ -32,6 +32,7 @@ from typing import Any
 
 from livekit import api, rtc
 
+from .errors import ErrorCode, error_event
 from .links import SessionHandle, SessionOpener
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class _Agent:
         except (ValueError, UnicodeDecodeError):
             msg = None
         if not isinstance(msg, dict):
-            err = {"type": "error", "code": "bad_message", "message": "expected one JSON object"}
+            err = error_event(ErrorCode.BAD_MESSAGE, "expected one JSON object")
             self._spawn(self.link.send_event(err))
             return
         self._inbox.put_nowait(msg)
@@ -379,8 +380,7 @@ class _Agent:
                     break
         except Exception as e:
             log.exception("livekit %s: session failed", self.room_name)
-            err = {"type": "error", "code": "internal", "message": f"session failed: {e}"}
-            await self.link.send_event(err)
+            await self.link.send_event(error_event(ErrorCode.INTERNAL, f"session failed: {e}"))
         finally:
             await self._cleanup()
 

@@ -24,6 +24,7 @@ class TransportStats:
     stale_control: int = 0  # HOLD/RELEASE/STOP of an older epoch, dropped
     resent_samples: int = 0  # samples sent again after a RELEASE
     mic_frames: int = 0  # 16 kHz frames written to mic rings
+    held_requests: int = 0  # client requests held while the router was away
     client_errors: Counter[str] = field(default_factory=Counter)
     lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
     lag_sum: float = 0.0

@@ -10,10 +10,11 @@ idle session's ring from one task).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from voxmesh.mesh.protocol import Message
@@ -25,7 +26,22 @@ from .playback import Playback
 
 log = logging.getLogger("voxmesh.transport")
 
-SEND_TIMEOUT_S: Final = 5.0  # a client that cannot take a frame for this long is gone
+SLOW_READER_S: Final = 5.0  # default ``server.slow_reader_s``
+
+# A slow reader is a client whose write has been held back for ``slow_reader_s``: every
+# write to the client is awaited under that timeout. This is the cleanest signal we have:
+# a write blocks only on the connection's own flow control (once the kernel's buffers are
+# full, the transport's user-space buffer grows; past its 64 KiB high-water mark aiohttp
+# waits for it to drain, checking every 256 KiB written, so at most ~300 KiB, 3 s of audio,
+# are queued), so it fires exactly when the client has not taken our bytes for that long,
+# counts frames and events alike (they queue behind the blocked write), needs no polling
+# or private aiohttp state, and works for every ClientLink. Sampling the transport's
+# ``get_write_buffer_size()`` would need a poller per socket and a bound tuned to aiohttp's
+# drain points; the outbox grows only while a write is blocked, a late copy of this signal.
+
+
+class SlowReader(Exception):
+    """A write to the client was held back for ``slow_reader_s`` (see above)."""
 
 
 class Wakeup:
@@ -82,8 +98,11 @@ class Pacer:
         lead_s: float,
         send_router: Callable[[Message], bool],
         poll_control: Callable[[], None],
+        slow_reader_s: float = SLOW_READER_S,
     ) -> None:
         self.link = link
+        self.slow_reader_s = slow_reader_s
+        self.slow_reader = False  # run() ended because the client stopped taking writes
         self.playback = Playback(slot, self, stats, session=session, lead_s=lead_s)
         self.wakeup = Wakeup()
         self.waiting_for_ring = False
@@ -106,6 +125,18 @@ class Pacer:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """One write to the client: SlowReader if it is held back ``slow_reader_s``."""
+        timeout = asyncio.timeout(self.slow_reader_s)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if timeout.expired():
+                raise SlowReader from None
+            raise
+
     @property
     def backlog(self) -> int:
         """Client messages queued and not sent yet."""
@@ -114,7 +145,7 @@ class Pacer:
     async def _flush(self) -> None:
         while self._outbox:
             kind, payload = self._outbox.popleft()
-            async with asyncio.timeout(SEND_TIMEOUT_S):
+            async with self._writing():
                 if kind == "event":
                     await self.link.send_event(payload)
                     continue
@@ -143,7 +174,7 @@ class Pacer:
                     if deadline <= now:
                         chunk = pb.take(now)
                         await self._flush()  # audio_start goes before its first frame
-                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                        async with self._writing():
                             await self.link.send_audio(chunk.data)
                         pb.committed(chunk, time.monotonic())
                         continue
@@ -157,6 +188,11 @@ class Pacer:
                     self.waiting_for_ring = False
         except asyncio.CancelledError:
             raise
+        except SlowReader:
+            self.slow_reader = True
+            log.info(
+                "transport %s: slow reader: a write waited %.1f s", pb.session, self.slow_reader_s
+            )
         except Exception as exc:  # the client is gone or stuck: the session owner cleans up
             log.info("transport %s: client write failed: %r", pb.session, exc)
 

@@ -131,11 +131,18 @@ class Playback:
         self.t_last_frame: float | None = None
         self.clear_sent_at = 0.0  # set by the pacer when a clear actually went out
         self.client_pos = 0
+        self.sent_total = 0  # samples sent to the client this session, padding included
         self.acked: int | None = None
         self.ack_t = 0.0
         self._anchor_t: float | None = None
         self._anchor_n = 0
         self._lookahead: Frame | None = None
+        self.utterances_seen = 0  # the highest utterance id read from the ring
+
+    @property
+    def playing(self) -> int:
+        """The utterance being played now (0: none): a restarted router must know it."""
+        return self.utt.id if self.utt is not None else 0
 
     # --- client acks ------------------------------------------------------------------------
 
@@ -208,13 +215,15 @@ class Playback:
     def release_wait_until(self) -> float | None:
         return None if self.release_due is None else self.release_due + ACK_WAIT_S
 
-    def stop(self, epoch: int, now: float) -> None:
+    def stop(self, epoch: int, now: float, reason: str = "interrupted") -> None:
         if epoch <= self.epoch:  # a STOP always brings a new epoch: this one is old news
             self.stats.stale_control += 1
             return
-        self._enter_epoch(epoch, now, flush=True)
+        self._enter_epoch(epoch, now, flush=True, reason=reason)
 
-    def _enter_epoch(self, epoch: int, now: float, *, flush: bool) -> None:
+    def _enter_epoch(
+        self, epoch: int, now: float, *, flush: bool, reason: str = "interrupted"
+    ) -> None:
         self.epoch = epoch
         self.slot.epoch = epoch
         self.held = False
@@ -227,7 +236,7 @@ class Playback:
             self._clear({"t_last_frame": self.t_last_frame})
         if self.utt is not None:
             if self.utt.started:
-                self._end_utterance("interrupted", now)
+                self._end_utterance(reason, now)
             self.utt = None
 
     def _drop_stale(self) -> None:
@@ -294,6 +303,7 @@ class Playback:
                 continue
             if u is None:
                 u = self.utt = Utterance(frame.utterance, frame.epoch, origin=self.client_pos)
+                self.utterances_seen = max(self.utterances_seen, frame.utterance)
             u.pending += frame.data
             if frame.flags & FLAG_LAST:
                 u.ended = True
@@ -365,6 +375,7 @@ class Playback:
         if real < OUT_FRAME_SAMPLES:
             data += bytes(OUT_FRAME_BYTES - len(data))  # the utterance's tail: pad with silence
         self.client_pos += OUT_FRAME_SAMPLES
+        self.sent_total += OUT_FRAME_SAMPLES  # never rewinds: bounds the client's acks
         self.stats.frames_sent += 1
         self.dirty = True
         self.t_last_frame = now

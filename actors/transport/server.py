@@ -7,15 +7,20 @@ section 4), ``POST /session`` (a LiveKit room, or 404 when LiveKit is not config
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import socket
+import struct
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .errors import ClientError, error_event
+from .errors import ClientError, ErrorCode, error_event, valid_text
 from .metrics import TransportStats
 from .mic import MAX_RATE, MIN_RATE
 from .session import Session
@@ -25,6 +30,9 @@ log = logging.getLogger("voxmesh.transport")
 STATIC_DIR = Path(__file__).with_name("static")
 HARD_LIMIT_FACTOR = 4  # past this many times max_message_bytes aiohttp closes the socket
 WS_PING_S = 20.0  # aiohttp pings this often and drops a peer that does not answer
+DROP_GRACE_S = 1.0  # a slow reader gets this long to take its error and close frames
+DROP_POLL_S = 0.01
+CLOSE_TIMEOUT_S = 5.0  # a closing handshake that takes longer ends with an abort
 MINIMAL_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>voxmesh</title></head>
 <body><h1>voxmesh</h1>
@@ -41,6 +49,7 @@ class TransportCore(Protocol):
     stats: TransportStats
     max_message_bytes: int
     auth_token: str
+    metrics_auth: bool
 
     async def open_session(self, link: WsLink, *, client: str, greet: bool) -> Session: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
@@ -52,11 +61,33 @@ def _dumps(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
-class WsLink:
-    """The ``ClientLink`` of one WebSocket connection."""
+def tokens_match(given: str, expected: str) -> bool:
+    """Constant-time token check, safe for any str: a lone surrogate (from JSON or from a
+    header aiohttp decoded with surrogateescape) is encoded, never an exception."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+
+def abort_transport(transport: asyncio.Transport | None) -> None:
+    """Close a TCP connection now, unsent data or not (RST, no lingering in the kernel)."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class WsLink:
+    """The ``ClientLink`` (and ``Droppable``) of one WebSocket connection."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None
+    ) -> None:
         self.ws = ws
+        self.transport = transport
 
     async def send_event(self, event: dict[str, Any]) -> None:
         await self.ws.send_str(_dumps(event))
@@ -69,6 +100,41 @@ class WsLink:
 
     async def clear_with(self, detail: dict[str, Any]) -> None:
         await self.send_event({"type": "clear", **detail})
+
+    async def drop(self, event: dict[str, Any], code: int, reason: str) -> None:
+        """Cut off a client that does not read: ``event`` and a close frame are queued
+        behind what it has not read; if it has not taken all of it within DROP_GRACE_S, the
+        TCP connection is aborted. Either way the connection is gone after this."""
+        transport = self.transport
+        try:
+            async with asyncio.timeout(DROP_GRACE_S):
+                await _despite_drain(self.ws.send_str(_dumps(event)))
+                await _despite_drain(self.ws.close(code=code, message=reason.encode()))
+                # close() may return before the bytes have left: give the client the rest
+                # of the grace to take them (one that reads again gets everything, then EOF).
+                while transport is not None and transport.get_write_buffer_size():
+                    await asyncio.sleep(DROP_POLL_S)
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.debug("transport: dropping a slow reader: %r", exc)
+        finally:
+            if transport is not None and (
+                transport.get_write_buffer_size() or not transport.is_closing()
+            ):
+                abort_transport(transport)
+
+
+async def _despite_drain(write: Awaitable[Any]) -> None:
+    """Await a write on a connection whose earlier write was timed out.
+
+    aiohttp shares one drain waiter among writers: the timed-out write cancelled it, so
+    every later write that waits for the drain gets that CancelledError at once (its bytes
+    are in the transport's buffer already). That is not our task being cancelled: go on."""
+    try:
+        await write
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 class WebServer:
@@ -122,18 +188,37 @@ class WebServer:
         return web.json_response(detail, status=200 if ok else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.core.metrics_auth and (refused := self._unauthorized(request)) is not None:
+            return refused
         return web.Response(text=self.core.metrics_text(), content_type="text/plain")
 
     async def _session(self, request: web.Request) -> web.Response:
+        if (refused := self._unauthorized(request)) is not None:
+            return refused
         try:
             room = await self.core.livekit_session()
         except Exception as exc:
             log.exception("transport: LiveKit session failed")
-            return web.json_response(error_event("livekit_failed", str(exc)), status=502)
+            return web.json_response(error_event(ErrorCode.LIVEKIT_FAILED, str(exc)), status=502)
         if room is None:
-            body = error_event("not_found", "LiveKit is not configured on this server")
+            body = error_event(ErrorCode.NOT_FOUND, "LiveKit is not configured on this server")
             return web.json_response(body, status=404)
         return web.json_response(room)
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        """None if the request may proceed: no ``server.auth_token``, or ``Authorization:
+        Bearer <token>`` carries it; else the 401 to answer."""
+        token = self.core.auth_token
+        if not token:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and tokens_match(given.strip(), token):
+            return None
+        self.core.stats.client_errors[ErrorCode.UNAUTHORIZED] += 1
+        body = error_event(ErrorCode.UNAUTHORIZED, "this needs 'Authorization: Bearer <token>'")
+        return web.json_response(
+            body, status=401, headers={"WWW-Authenticate": 'Bearer realm="voxmesh"'}
+        )
 
     # --- WebSocket --------------------------------------------------------------------------
 
@@ -144,7 +229,7 @@ class WebServer:
         )
         await ws.prepare(request)
         self._sockets.add(ws)
-        link = WsLink(ws)
+        link = WsLink(ws, request.transport)
         session: Session | None = None
         rate = 0
         try:
@@ -155,10 +240,10 @@ class WebServer:
                     continue
                 try:
                     if _too_large(msg.data, limit):
-                        raise ClientError("too_large", f"message exceeds {limit} bytes")
+                        raise ClientError(ErrorCode.TOO_LARGE, f"message exceeds {limit} bytes")
                     if msg.type == WSMsgType.BINARY:
                         if session is None:
-                            raise ClientError("hello_required", "send hello before audio")
+                            raise ClientError(ErrorCode.HELLO_REQUIRED, "send hello before audio")
                         session.push_mic(msg.data, rate)
                         continue
                     obj = _parse(msg.data)
@@ -173,7 +258,7 @@ class WebServer:
                     await self._refuse(ws, link, session, err)
                 except Exception:  # a bug of ours must not end the client's session
                     log.exception("transport: error serving a websocket message")
-                    bug = ClientError("internal", "internal error serving the message")
+                    bug = ClientError(ErrorCode.INTERNAL, "internal error serving the message")
                     await self._refuse(ws, link, session, bug)
         except ConnectionError as exc:
             log.debug("transport: websocket dropped: %r", exc)
@@ -182,7 +267,11 @@ class WebServer:
             if session is not None:
                 await session.close("disconnect")
             if not ws.closed:
-                await ws.close()
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await _despite_drain(ws.close())
+                except TimeoutError:  # a peer that reads nothing cannot take the close either
+                    abort_transport(request.transport)
         return ws
 
     async def _refuse(
@@ -198,26 +287,27 @@ class WebServer:
             return
         self.core.stats.client_errors[err.code] += 1
         await link.send_event(err.event())
-        if err.code == "unauthorized":
+        if err.code is ErrorCode.UNAUTHORIZED:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
-        elif err.code == "no_slot":
+        elif err.code is ErrorCode.NO_SLOT:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no free slot")
 
     def _check_hello(self, obj: dict[str, Any]) -> int:
         if obj.get("type") != "hello":
-            raise ClientError("hello_required", "the first message must be hello")
+            raise ClientError(ErrorCode.HELLO_REQUIRED, "the first message must be hello")
         if "sample_rate" not in obj:
-            raise ClientError("missing_field", "hello needs a 'sample_rate' field")
+            raise ClientError(ErrorCode.MISSING_FIELD, "hello needs a 'sample_rate' field")
         rate = obj["sample_rate"]
         if type(rate) is not int or not MIN_RATE <= rate <= MAX_RATE:
-            raise ClientError("bad_rate", f"sample_rate must be an integer {MIN_RATE}..{MAX_RATE}")
+            raise ClientError(
+                ErrorCode.BAD_RATE, f"sample_rate must be an integer {MIN_RATE}..{MAX_RATE}"
+            )
+        given = obj.get("token")
+        if isinstance(given, str) and not valid_text(given):
+            raise ClientError(ErrorCode.BAD_FIELD, "hello.token is not valid Unicode")
         token = self.core.auth_token
-        if token:
-            given = obj.get("token")
-            if not isinstance(given, str) or not hmac.compare_digest(
-                given.encode(), token.encode()
-            ):
-                raise ClientError("unauthorized", "hello needs a valid token")
+        if token and not (isinstance(given, str) and tokens_match(given, token)):
+            raise ClientError(ErrorCode.UNAUTHORIZED, "hello needs a valid token")
         return rate
 
 
@@ -232,9 +322,9 @@ def _parse(text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        raise ClientError("bad_json", "the message is not valid JSON") from None
+        raise ClientError(ErrorCode.BAD_JSON, "the message is not valid JSON") from None
     if not isinstance(obj, dict):
-        raise ClientError("bad_message", "a message must be a JSON object")
+        raise ClientError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
     if not isinstance(obj.get("type"), str):
-        raise ClientError("bad_message", "a message needs a string 'type'")
+        raise ClientError(ErrorCode.BAD_MESSAGE, "a message needs a string 'type'")
     return obj

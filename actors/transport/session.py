@@ -26,16 +26,17 @@ from voxmesh.mesh.protocol import (
 )
 from voxmesh.mesh.ring import Slot
 
-from .errors import MAX_TEXT_CHARS, ClientError, field
-from .links import ClientLink
+from .errors import MAX_TEXT_CHARS, ClientError, ErrorCode, field
+from .links import ClientLink, Droppable
 from .metrics import TransportStats
 from .mic import MicWriter
-from .pacer import Pacer, RingWatcher
+from .pacer import SLOW_READER_S, Pacer, RingWatcher
 from .playback import Playback
 
 log = logging.getLogger("voxmesh.transport")
 
 MAX_BACKLOG = 256  # error events are dropped while this many messages wait for the client
+SLOW_READER_CLOSE = 1008  # the WebSocket close code for a slow reader (policy violation)
 
 
 class SessionOwner(Protocol):
@@ -45,6 +46,7 @@ class SessionOwner(Protocol):
     watcher: RingWatcher
 
     def send(self, msg: Message) -> bool: ...
+    def to_router(self, session: Session, msg: Message) -> None: ...
     def poll_control(self) -> None: ...
     def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
     def session_closed(self, session: Session) -> None: ...
@@ -61,6 +63,7 @@ class Session:
         *,
         client: str,
         lead_s: float,
+        slow_reader_s: float = SLOW_READER_S,
     ) -> None:
         self.session_id = session_id
         self.owner = owner
@@ -78,6 +81,7 @@ class Session:
             lead_s=lead_s,
             send_router=owner.send,
             poll_control=owner.poll_control,
+            slow_reader_s=slow_reader_s,
         )
         self._task: asyncio.Task[Any] | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -93,11 +97,16 @@ class Session:
         return self.pacer.playback
 
     def open_message(self) -> SessionOpen:
+        """SESSION_OPEN, with where playback stands (for a router that restarted)."""
+        pb = self.playback
         return SessionOpen(
             session=self.session_id,
             slot=self.slot.index,
             generation=self.generation,
             client=self.client,
+            epoch=pb.epoch,
+            utterance=pb.playing,
+            utterances=pb.utterances_seen,
         )
 
     def start(self) -> None:
@@ -107,8 +116,21 @@ class Session:
 
     async def _run_pacer(self) -> None:
         await self.pacer.run()
-        if not self.closed:  # the client cannot be written to any more
+        if self.closed:
+            return
+        if not self.pacer.slow_reader:  # the client cannot be written to any more
             await self.close("client_lost")
+            return
+        # The client stopped reading: free the slot now, then cut the connection off (the
+        # link may give the client a moment to take the error and the close).
+        err = ClientError(
+            ErrorCode.SLOW_READER,
+            f"the client did not read its socket for {self.pacer.slow_reader_s:g} s",
+        )
+        self.owner.stats.client_errors[err.code] += 1
+        await self.close("slow_reader")
+        if isinstance(self.link, Droppable):
+            await self.link.drop(err.event(), SLOW_READER_CLOSE, "slow reader")
 
     # --- SessionHandle ----------------------------------------------------------------------
 
@@ -118,7 +140,7 @@ class Session:
         try:
             self.owner.stats.mic_frames += self.mic.push(pcm, sample_rate)
         except ValueError as exc:
-            self.report(ClientError("bad_rate", str(exc)))
+            self.report(ClientError(ErrorCode.BAD_RATE, str(exc)))
 
     async def client_message(self, msg: dict[str, Any]) -> None:
         if self.closed:
@@ -126,19 +148,19 @@ class Session:
         try:
             kind = msg.get("type")
             if not isinstance(kind, str):
-                raise ClientError("bad_message", "a message needs a string 'type'")
+                raise ClientError(ErrorCode.BAD_MESSAGE, "a message needs a string 'type'")
             if kind == "bye":
                 await self.close("bye")
                 return
             handler = self._handlers.get(kind)
             if handler is None:
-                raise ClientError("unknown_type", f"unknown message type {kind[:40]!r}")
+                raise ClientError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
             handler(msg)
         except ClientError as exc:
             self.report(exc)
         except Exception:
             log.exception("transport %s: error serving %r", self.session_id, msg.get("type"))
-            self.report(ClientError("internal", "internal error serving the message"))
+            self.report(ClientError(ErrorCode.INTERNAL, "internal error serving the message"))
 
     async def close(self, reason: str = "bye", *, tell_router: bool = True) -> None:
         """End the session (idempotent). ``tell_router=False`` at shutdown: after our
@@ -165,7 +187,7 @@ class Session:
         MAX_BACKLOG events wait for it: they are counted, not queued without bound."""
         self.owner.stats.client_errors[err.code] += 1
         if self.pacer.backlog >= MAX_BACKLOG:
-            self.owner.stats.client_errors["dropped"] += 1
+            self.owner.stats.client_errors["dropped"] += 1  # a counter, not a code
             return
         self.send_event(err.event())
 
@@ -174,15 +196,17 @@ class Session:
             self.pacer.client_event(event)
 
     def _to_router(self, msg: Message) -> None:
-        if not self.owner.send(msg):
-            raise ClientError("unavailable", "the voice mesh is not reachable right now")
+        """A client request for the router: sent now, or held while the router is away."""
+        self.owner.to_router(self, msg)
 
     def _text(self, msg: dict[str, Any], mode: str) -> None:
         text = field(msg, "text", str, mode)
         if len(text) > MAX_TEXT_CHARS:
-            raise ClientError("text_too_long", f"{mode}.text exceeds {MAX_TEXT_CHARS} characters")
+            raise ClientError(
+                ErrorCode.TEXT_TOO_LONG, f"{mode}.text exceeds {MAX_TEXT_CHARS} characters"
+            )
         if not text.strip():
-            raise ClientError("bad_field", f"{mode}.text is empty")
+            raise ClientError(ErrorCode.BAD_FIELD, f"{mode}.text is empty")
         self._to_router(ClientText(session=self.session_id, text=text, mode=mode))
 
     def _interrupt(self, msg: dict[str, Any]) -> None:
@@ -191,12 +215,19 @@ class Session:
     def _played(self, msg: dict[str, Any]) -> None:
         samples = field(msg, "samples", int, "played")
         if samples < 0:
-            raise ClientError("bad_field", "played.samples must be >= 0")
+            raise ClientError(ErrorCode.BAD_FIELD, "played.samples must be >= 0")
+        # The ack counts samples the client played, so it can never pass what we sent it
+        # (padding included); a bigger one is a bug or a lie and must not move the heard point.
+        sent = self.playback.sent_total
+        if samples > sent:
+            raise ClientError(
+                ErrorCode.BAD_FIELD, f"played.samples is past the {sent} samples sent"
+            )
         self.playback.on_ack(samples, time.monotonic())
         self.pacer.wakeup.set()  # a RELEASE may be waiting for this ack
 
     def _hello(self, msg: dict[str, Any]) -> None:
-        raise ClientError("already_hello", "this session is already open")
+        raise ClientError(ErrorCode.ALREADY_HELLO, "this session is already open")
 
     # --- router control ---------------------------------------------------------------------
 
@@ -209,7 +240,7 @@ class Session:
         elif isinstance(msg, Release):
             pb.release(msg.epoch, now)
         elif isinstance(msg, Stop):
-            pb.stop(msg.epoch, now)
+            pb.stop(msg.epoch, now, msg.reason or "interrupted")
         else:
             return False
         self.pacer.wakeup.set()

@@ -166,7 +166,11 @@ async function openTransport() {
   if (want !== 'ws') {
     let resp = null;
     try {
-      resp = await fetch(new URL('session', location.href), { method: 'POST' });
+      // With server.auth_token set, open the page as /?token=... (the token is sent as a
+      // Bearer header here and in the WebSocket hello).
+      const token = params.get('token');
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      resp = await fetch(new URL('session', location.href), { method: 'POST', headers });
     } catch (err) {
       logLine(`POST /session failed (${err}); using the WebSocket`, 'status');
     }
@@ -181,7 +185,7 @@ async function openTransport() {
   }
   const url = new URL('ws', location.href);
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  return new WsTransport(handlers, url.href);
+  return new WsTransport(handlers, url.href, params.get('token'));
 }
 
 function setConnected(on) {

@@ -48,6 +48,7 @@ class PcmPlayer extends AudioWorkletProcessor {
     this.queued = 0; // samples in queue (minus head)
     this.playing = false;
     this.played = 0; // 48 kHz samples actually rendered (the `played` ack)
+    this.received = 0; // 48 kHz samples received: the server refuses an ack past what it sent
     this.sinceReport = 0;
     this.reportEvery = Math.round((sampleRate * 0.1) / 128); // ~100 ms of render quanta
     this.port.onmessage = (e) => this.onMessage(e.data);
@@ -60,6 +61,7 @@ class PcmPlayer extends AudioWorkletProcessor {
       for (let i = 0; i < s16.length; i++) f[i] = s16[i] / 32768;
       this.queue.push(f);
       this.queued += f.length;
+      this.received += f.length;
     } else if (msg.type === 'clear') {
       this.queue = [];
       this.head = 0;
@@ -72,7 +74,7 @@ class PcmPlayer extends AudioWorkletProcessor {
   report() {
     this.port.postMessage({
       type: 'played',
-      samples: Math.floor(this.played),
+      samples: Math.floor(Math.min(this.played, this.received)),
       bufferedMs: (this.queued / SRC_RATE) * 1000,
     });
   }
@@ -103,6 +105,8 @@ class PcmPlayer extends AudioWorkletProcessor {
       }
       if (i < out.length) {
         // Ran dry (an utterance ended, or the network lagged): prebuffer again before resuming.
+        // At a context rate other than 48 kHz the fractional step overshoots the last sample.
+        this.played = Math.min(this.played, this.received);
         this.playing = false;
         this.queued = 0;
         this.head = 0;

@@ -7,10 +7,11 @@ const MIC_CONSTRAINTS = {
 
 export class WsTransport {
   /** @param {import('./main.js').Handlers} h @param {string} url */
-  constructor(h, url) {
+  constructor(h, url, token = null) {
     this.name = 'websocket';
     this.h = h;
     this.url = url;
+    this.token = token; // server.auth_token, when the page was opened with ?token=
     this.micOn = true;
     this.lastPlayed = -1;
     this.ws = null;
@@ -53,7 +54,9 @@ export class WsTransport {
       this.ws = ws;
       ws.binaryType = 'arraybuffer';
       ws.onopen = () => {
-        ws.send(JSON.stringify({ type: 'hello', sample_rate: ctx.sampleRate }));
+        const hello = { type: 'hello', sample_rate: ctx.sampleRate };
+        if (this.token) hello.token = this.token;
+        ws.send(JSON.stringify(hello));
         resolve();
       };
       ws.onerror = () => reject(new Error(`WebSocket ${this.url} failed`));
