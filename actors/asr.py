@@ -71,6 +71,7 @@ class AsrActor(Actor):
         window_pad_s: float = 3.0,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -79,6 +80,7 @@ class AsrActor(Actor):
             context=context,
             heartbeat_s=heartbeat_s,
             liveness=liveness,
+            secret=secret,
         )
         self.segment_name = segment
         self.model_path = model or None
@@ -121,7 +123,14 @@ class AsrActor(Actor):
             if not check_slot(self.segment, msg.slot):
                 self.counters.bump("bad_slot")
                 return
-            mic = MicSession.open(self.segment, msg.session, msg.slot, msg.generation)
+            known = self.sessions.get(msg.session)
+            if known is not None and known[0].generation == msg.generation:
+                return  # announced again (the router restarted): keep reading where we are
+            # from the oldest frame: a final transcript asked again after a restart spans audio
+            # from before it
+            mic = MicSession.open(
+                self.segment, msg.session, msg.slot, msg.generation, from_start=True
+            )
             self.sessions[msg.session] = (mic, MicBuffer())
         elif isinstance(msg, SessionClose):
             self.sessions.pop(msg.session, None)

@@ -20,9 +20,13 @@ class MicSession:
     reader: MicReader
 
     @classmethod
-    def open(cls, segment: RingSegment, session: str, slot: int, generation: int) -> MicSession:
+    def open(
+        cls, segment: RingSegment, session: str, slot: int, generation: int, *, from_start: bool
+    ) -> MicSession:
+        """A reader from the ring's oldest frame (``from_start``) or from its head: an actor
+        that restarts mid-session must not take audio it has judged before for new speech."""
         ring_slot = segment.slots[slot]
-        return cls(session, ring_slot, generation, MicReader(ring_slot.mic, from_start=True))
+        return cls(session, ring_slot, generation, MicReader(ring_slot.mic, from_start=from_start))
 
     @property
     def stale(self) -> bool:

@@ -38,6 +38,7 @@ class VadActor(Actor):
         speech_pad_ms: int = 30,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -46,6 +47,7 @@ class VadActor(Actor):
             context=context,
             heartbeat_s=heartbeat_s,
             liveness=liveness,
+            secret=secret,
         )
         self.segment_name = segment
         self.model_path = model or None
@@ -80,7 +82,12 @@ class VadActor(Actor):
             if not check_slot(self.segment, msg.slot):
                 self.counters.bump("bad_slot")
                 return
-            mic = MicSession.open(self.segment, msg.session, msg.slot, msg.generation)
+            known = self.sessions.get(msg.session)
+            if known is not None and known[0].generation == msg.generation:
+                return  # announced again (the router restarted): keep reading where we are
+            mic = MicSession.open(
+                self.segment, msg.session, msg.slot, msg.generation, from_start=not msg.resume
+            )
             if not mic.stale:
                 stream = StreamingVad(self.vad, SpeechSegmenter(**self.segmenter_args))
                 self.sessions[msg.session] = (mic, stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +22,8 @@ from voxmesh.mesh.protocol import (
     Release,
     Resume,
     Speak,
+    SpeakDone,
+    SpeakProgress,
     Stop,
     Transcript,
     VadEvent,
@@ -34,13 +37,22 @@ class Recorder:
         self.asr: list[AsrRequest] = []
         self.events: list[dict[str, Any]] = []
         self.head = 0
+        self.tts_up = asyncio.Event()
+        self.tts_up.set()
 
     def to_transport(self, msg: Message) -> None:
         self.transport.append(msg)
 
     def to_tts(self, session: Session, msg: Message) -> bool:
+        if not self.tts_up.is_set():
+            return False
         self.tts.append(msg)
         return True
+
+    async def wait_tts(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.tts_up.wait(), timeout_s)
+        return self.tts_up.is_set()
 
     def to_asr(self, msg: Message) -> None:
         assert isinstance(msg, AsrRequest)
@@ -68,9 +80,10 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def make(interrupt_ms: int = 50) -> tuple[TurnEngine, Recorder, Session]:
+def make(interrupt_ms: int = 50, hold_s: float = 3.0) -> tuple[TurnEngine, Recorder, Session]:
     out = Recorder()
-    engine = TurnEngine(out, EchoResponder(), TurnConfig(interrupt_min_ms=interrupt_ms))
+    cfg = TurnConfig(interrupt_min_ms=interrupt_ms, hold_s=hold_s)
+    engine = TurnEngine(out, EchoResponder(), cfg)
     return engine, out, Session("s", slot=0, generation=1, client="ws")
 
 
@@ -299,3 +312,118 @@ async def test_client_text_replies(mode: str) -> None:
     speak = [m for m in out.tts if isinstance(m, Speak)]
     assert " ".join(m.text for m in speak) == "good morning"
     assert s.state == State.THINKING
+
+
+# --- when an actor dies ----------------------------------------------------------------------
+
+THREE = "First sentence here. Then a second one. And a third to end."
+
+
+def speaks(out: Recorder) -> list[Speak]:
+    return [m for m in out.tts if isinstance(m, Speak)]
+
+
+async def test_a_dead_tts_actors_unwritten_chunks_go_to_the_next_one() -> None:
+    engine, out, s = make()
+    engine.say(s, THREE, as_user=False)
+    await settle()
+    sent = speaks(out)
+    assert len(sent) == 3 and [m.chunk for m in sent] == [0, 1, 2]
+    utt = sent[0].utterance
+    engine.on_speak_progress(s, SpeakProgress(session="s", epoch=s.epoch, utterance=utt, chunk=0))
+    out.tts.clear()
+    out.tts_up.clear()  # tts0 died; nobody is up for a moment
+    engine.tts_lost(s)
+    await settle()
+    assert out.tts == []  # waiting for a TTS actor, not failing
+    out.tts_up.set()  # the restarted one READYs
+    await settle()
+    again = speaks(out)
+    assert [(m.chunk, m.text, m.first) for m in again] == [
+        (1, sent[1].text, False),
+        (2, sent[2].text, False),
+    ]
+    assert {(m.epoch, m.utterance) for m in again} == {(s.epoch, utt)}
+    assert not [e for e in out.events if e["type"] == "error"]
+    assert s.reply is not None and s.failover_task is None
+
+
+async def test_a_reply_wholly_synthesized_is_not_sent_again() -> None:
+    engine, out, s = make()
+    engine.say(s, THREE, as_user=False)
+    await settle()
+    utt = speaks(out)[0].utterance
+    engine.on_speak_done(s, SpeakDone(session="s", epoch=s.epoch, utterance=utt, samples=9))
+    out.tts.clear()
+    engine.tts_lost(s)
+    await settle()
+    assert out.tts == [] and s.failover_task is None  # what it wrote plays on from the ring
+
+
+async def test_no_tts_actor_back_in_time_fails_the_reply_loudly() -> None:
+    engine, out, s = make(hold_s=0.05)
+    engine.say(s, THREE, as_user=False)
+    await settle()
+    out.tts_up.clear()
+    engine.tts_lost(s)
+    await asyncio.sleep(0.1)
+    errors = [e for e in out.events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["tts_lost"]
+    stops = [m for m in out.transport if isinstance(m, Stop)]
+    assert stops and stops[-1].reason == "failed"  # the client's audio_end says "failed"
+    assert s.state == State.LISTENING and s.reply is None
+    out.tts_up.set()  # the next turn works
+    engine.say(s, "Hello again.", as_user=False)
+    await settle()
+    assert speaks(out)[-1].text == "Hello again." and speaks(out)[-1].epoch == s.epoch
+
+
+async def test_a_say_while_no_tts_actor_is_up_waits_then_answers_unavailable() -> None:
+    engine, out, s = make(hold_s=0.05)
+    out.tts_up.clear()
+    engine.say(s, "Anyone there?", as_user=False)
+    await asyncio.sleep(0.1)
+    errors = [e for e in out.events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["unavailable"]  # retryable, never silence
+    assert s.state == State.LISTENING
+
+
+async def test_a_say_waits_for_a_tts_actor_that_comes_back_in_time() -> None:
+    engine, out, s = make(hold_s=2.0)
+    out.tts_up.clear()
+    engine.say(s, "Anyone there?", as_user=False)
+    await settle()
+    assert out.tts == []
+    out.tts_up.set()
+    await settle()
+    assert [m.text for m in speaks(out)] == ["Anyone there?"]
+    assert not [e for e in out.events if e["type"] == "error"]
+
+
+async def test_an_adopted_session_keeps_its_epoch_and_its_reply_can_be_interrupted() -> None:
+    """A restarted router learns a session from the transport's re-announcement."""
+    engine, out, s = make()
+    engine.adopt(s, epoch=5, playing=3, utterances=3)
+    assert s.state == State.SPEAKING and s.epoch == 5
+    engine.interrupt_now(s)
+    pause = [m for m in out.tts if isinstance(m, Pause)]
+    stops = [m for m in out.transport if isinstance(m, Stop)]
+    assert pause[0].epoch == 5 and stops[0].epoch == 6  # fences what the transport plays
+    engine.say(s, "Fresh.", as_user=False)
+    await settle()
+    new = speaks(out)[-1]
+    assert (new.epoch, new.utterance) == (6, 4)  # no id the transport has seen before
+
+
+async def test_a_restarted_asr_is_asked_again_for_the_final_transcript() -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    asked = out.asr[-1]
+    engine.asr_back(s)
+    assert out.asr[-1] == asked and len(out.asr) == 2
+    engine.on_transcript(
+        s, Transcript(session="s", turn=asked.turn, text="hi", final=True, end=20000)
+    )
+    engine.asr_back(s)
+    assert len(out.asr) == 2  # answered: nothing owed

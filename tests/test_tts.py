@@ -26,7 +26,14 @@ import zmq
 
 from voxmesh.actors.tts import adapters
 from voxmesh.actors.tts.actor import TtsActor, build
-from voxmesh.actors.tts.adapters import ENGINES, Engine, MockVoice, mock_pcm, mock_samples
+from voxmesh.actors.tts.adapters import (
+    ENGINES,
+    MOCK_PIECE,
+    Engine,
+    MockVoice,
+    mock_pcm,
+    mock_samples,
+)
 from voxmesh.actors.tts.streamer import Streamer
 from voxmesh.mesh.hub import Hub, Peer
 from voxmesh.mesh.protocol import (
@@ -40,6 +47,7 @@ from voxmesh.mesh.protocol import (
     SessionClose,
     Speak,
     SpeakDone,
+    SpeakProgress,
     Stop,
 )
 from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, Frame, Geometry, OutRing, RingSegment
@@ -343,6 +351,66 @@ def test_full_ring_makes_the_writer_wait() -> None:
                 frames = await read_frames(ring, pace_s=0.003)
                 check_utterance(frames, 1, 1, text)
                 assert mesh.actor.counters["ring_full_waits"] > 0
+
+    run(scenario())
+
+
+def test_each_chunk_reports_progress_once_its_frames_are_in_the_ring() -> None:
+    texts = ["Hello there.", " How are you?", " Fine."]
+
+    async def scenario() -> None:
+        with ring_segment() as seg:
+            async with running_tts(seg) as mesh:
+                for i, text in enumerate(texts):
+                    mesh.router.send(speak(text, utterance=4, first=i == 0, last=i == 2, chunk=i))
+                frames = await read_frames(mesh.ring())
+                check_utterance(frames, 1, 4, *texts)
+                await wait_for(lambda: len(mesh.router.of(SpeakProgress)) == 3, 5, "progress")
+                progress = mesh.router.of(SpeakProgress)
+                assert [(p.utterance, p.chunk) for p in progress] == [(4, 0), (4, 1), (4, 2)]
+                # Each came after the frame holding that chunk's last sample was written:
+                # the first chunk's audio ends inside frame ceil(samples / 960).
+                assert mesh.done(4)[0].samples == sum(mock_samples(t) for t in texts)
+
+    run(scenario())
+
+
+def test_a_continuation_plays_on_as_the_same_utterance() -> None:
+    """What a second TTS actor gets when the first died mid-reply: first=False chunks."""
+
+    async def scenario() -> None:
+        with ring_segment() as seg:
+            async with running_tts(seg) as mesh:
+                mesh.router.send(speak(" the rest.", utterance=5, first=False, chunk=1))
+                frames = await read_frames(mesh.ring())
+                assert frames[0].flags & FLAG_FIRST == 0  # the transport keeps utterance 5
+                assert frames[-1].flags & FLAG_LAST
+                assert {f.utterance for f in frames} == {5}
+                await wait_for(lambda: mesh.done(5), 5, "SPEAK_DONE")
+
+    run(scenario())
+
+
+def test_synthesis_runs_only_a_bounded_time_ahead_of_playback() -> None:
+    """Nobody reads the ring: the actor holds a full ring plus ``ahead`` samples, no more."""
+    text = "A very long reply that nobody is listening to right now. " * 40  # ~135 s
+
+    async def scenario() -> None:
+        with ring_segment(out_capacity=16) as seg:
+            async with running_tts(seg) as mesh:
+                mesh.streamer.ahead_max = 48000  # one second
+                mesh.router.send(speak(text))
+                ring = mesh.ring()
+                await wait_for(lambda: ring.queued() == ring.capacity, 5, "a full ring")
+                stream = mesh.streamer.sessions[SESSION]
+                await wait_for(lambda: stream.ahead > 48000, 5, "synthesis ahead")
+                await asyncio.sleep(0.2)  # it would be ~all 135 s by now if unbounded
+                assert stream.ahead <= 48000 + MOCK_PIECE
+                queued = sum(e.pcm.size for e in stream.events if hasattr(e, "pcm"))
+                assert queued == stream.ahead
+                # Reading it all still gives the whole, exact utterance.
+                frames = await read_frames(ring, timeout=60)
+                check_utterance(frames, 1, 1, text)
 
     run(scenario())
 

@@ -8,12 +8,15 @@ read mic and out heads for partial transcripts and the watchdog.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 import zmq
 
 from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.hub import Hub, Peer
 from voxmesh.mesh.protocol import (
     ClientEvent,
@@ -21,11 +24,13 @@ from voxmesh.mesh.protocol import (
     ClientText,
     MeshHealth,
     Message,
+    PeerGone,
     PlaybackEnded,
     PlaybackStarted,
     SessionClose,
     SessionOpen,
     SpeakDone,
+    SpeakProgress,
     Transcript,
     VadEvent,
 )
@@ -38,6 +43,26 @@ from .session import Session
 from .turns import TurnConfig, TurnEngine
 
 SESSION_PEERS = ("vad", "asr")  # kinds that read the mic ring and must know every session
+# Who may send what: a message from any other kind of peer is refused and counted, so that
+# (for instance) only the transport speaks for clients.
+SENDERS: dict[type[Message], str] = {
+    SessionOpen: "transport",
+    SessionClose: "transport",
+    ClientText: "transport",
+    ClientInterrupt: "transport",
+    PlaybackStarted: "transport",
+    PlaybackEnded: "transport",
+    VadEvent: "vad",
+    Transcript: "asr",
+    SpeakDone: "tts",
+    SpeakProgress: "tts",
+}
+LOST_AFTER_S = 10.0  # an actor away this long is reported "lost", before that "restarting"
+# Client requests for a session we do not know yet: after we restart, the transport's
+# requests can reach us before it has re-announced its sessions. Held this long (hold_s),
+# at most this many sessions and requests each.
+EARLY_SESSIONS = 256
+EARLY_PER_SESSION = 16
 
 
 class RouterActor(Actor):
@@ -56,15 +81,31 @@ class RouterActor(Actor):
         turn: TurnConfig | None = None,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
+        hold_s: float = 3.0,
     ) -> None:
         super().__init__(
-            name, supervisor=supervisor, context=context, heartbeat_s=heartbeat_s, liveness=liveness
+            name,
+            supervisor=supervisor,
+            context=context,
+            heartbeat_s=heartbeat_s,
+            liveness=liveness,
+            secret=secret,
         )
         self.bind = bind
         self.segment_name = segment
         self.expected = list(expected or [])
+        self.hold_s = hold_s
         self.sessions: dict[str, Session] = {}
-        self.engine = TurnEngine(self, responder, turn or TurnConfig())
+        self.engine = TurnEngine(self, responder, turn or TurnConfig(hold_s=hold_s))
+        # name -> (state, since): "starting" until first READY, "up", then "restarting"/"lost"
+        self.actor_states: dict[str, tuple[str, float]] = {
+            n: ("starting", time.monotonic()) for n in self.expected
+        }
+        self._transport_pid: int | None = None
+        self._pids: dict[str, int] = {}  # the process each peer name last READYed from
+        self._early: dict[str, list[tuple[float, Message]]] = {}  # session -> held requests
+        self._tts_up: asyncio.Event | None = None
         self.responder = responder
         self.hub: Hub | None = None
         self.segment: RingSegment | None = None
@@ -72,6 +113,7 @@ class RouterActor(Actor):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        self._tts_up = asyncio.Event()
         if self.segment_name:
             self.segment = RingSegment.attach(self.segment_name)
         self.hub = Hub(
@@ -84,6 +126,8 @@ class RouterActor(Actor):
             liveness=self.liveness,
             counters=self.counters,
             heartbeat_info=self.info,
+            secret=self.secret,
+            hold_s=self.hold_s,
         )
         self.every(self.heartbeat_s / 5, self._tick)
         self.every(1.0, lambda now: self._publish_health())
@@ -100,11 +144,17 @@ class RouterActor(Actor):
         for s in self.sessions.values():
             states[s.state.value] = states.get(s.state.value, 0) + 1
         peers = sorted(self.hub.peers) if self.hub else []
-        return {"sessions": len(self.sessions), "states": states, "peers": peers}
+        return {
+            "sessions": len(self.sessions),
+            "states": states,
+            "peers": peers,
+            "health": self.health_states(time.monotonic()),  # voxmesh status shows it
+        }
 
     def _tick(self, now: float) -> None:
         assert self.hub is not None
         self.hub.tick(now)
+        self._expire_early(now)
         for s in list(self.sessions.values()):
             self.engine.poll_partials(s, now)
             self.engine.watchdog(s, now, lambda s=s: self._out_mark(s))
@@ -144,8 +194,18 @@ class RouterActor(Actor):
         out = self.segment.slots[s.slot].out
         return (out.head, out.tail)
 
+    async def wait_tts(self, timeout_s: float) -> bool:
+        if self._pick_tts() is not None:
+            return True
+        if self._tts_up is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._tts_up.wait(), timeout_s)
+        return self._pick_tts() is not None
+
     def _pick_tts(self) -> str | None:
-        assert self.hub is not None
+        if self.hub is None:
+            return None
         live = [p for p in self.hub.peers.values() if p.kind == "tts"]
         if not live:
             return None
@@ -153,11 +213,31 @@ class RouterActor(Actor):
 
     # --- peers -----------------------------------------------------------------------------
 
+    def handle_supervisor(self, msg: Message) -> None:
+        if not isinstance(msg, PeerGone) or self.hub is None:
+            self.counters.bump("unhandled")
+            return
+        peer = self.hub.peers.get(msg.name)
+        if peer is not None and peer.pid == msg.pid:  # not its replacement, already back
+            self.hub.forget(msg.name)
+            self._on_lost(peer)
+
     def _on_ready(self, peer: Peer) -> None:
         log.info("router: %s (%s, pid %d) ready", peer.name, peer.kind, peer.pid)
-        if peer.kind == "transport":
-            # A transport (re)introducing itself re-announces the sessions it still holds
-            # right after READY; whatever it does not re-announce is gone with it.
+        self.actor_states[peer.name] = ("up", time.monotonic())
+        old_pid = self._pids.get(peer.name)
+        self._pids[peer.name] = peer.pid
+        if peer.kind == "tts" and old_pid not in (None, peer.pid):
+            # Restarted faster than its heartbeats could say it died: what the old process
+            # owed its sessions is lost all the same.
+            for s in self.sessions.values():
+                if s.tts == peer.name:
+                    self.engine.tts_lost(s)
+        if peer.kind == "transport" and peer.pid != self._transport_pid:
+            # A new transport process re-announces the sessions it holds right after READY
+            # (none: it is new); whatever it does not re-announce is gone with the old one.
+            # The same process announcing itself again (we restarted) keeps its sessions.
+            self._transport_pid = peer.pid
             for s in list(self.sessions.values()):
                 self._close(s, "transport restarted")
         if peer.kind in SESSION_PEERS:  # a restarted reader must pick the sessions up again
@@ -165,37 +245,49 @@ class RouterActor(Actor):
                 self._send(
                     peer.name,
                     SessionOpen(
-                        session=s.id, slot=s.slot, generation=s.generation, client=s.client
+                        session=s.id,
+                        slot=s.slot,
+                        generation=s.generation,
+                        client=s.client,
+                        resume=True,
                     ),
                 )
+                if peer.kind == "asr":
+                    self.engine.asr_back(s)
+        if peer.kind == "tts" and self._tts_up is not None:
+            self._tts_up.set()
         self._publish_health()
 
     def _on_lost(self, peer: Peer) -> None:
         log.warning("router: lost %s (%s)", peer.name, peer.kind)
+        self.actor_states[peer.name] = ("restarting", time.monotonic())
         if peer.kind == "transport":
+            self._transport_pid = None
             for s in list(self.sessions.values()):
                 self._close(s, "transport lost")
         elif peer.kind == "tts":
+            if self._tts_up is not None and self._pick_tts() is None:
+                self._tts_up.clear()
             for s in self.sessions.values():
                 if s.tts == peer.name:
                     s.tts = None
-                    if s.reply is not None:
-                        self.event(
-                            s,
-                            {
-                                "type": "error",
-                                "code": "tts_lost",
-                                "message": "the speech engine restarted; say it again",
-                            },
-                        )
-                        self.engine.recover(s)
+                    self.engine.tts_lost(s)
         self._publish_health()
+
+    def health_states(self, now: float) -> dict[str, str]:
+        """Each expected actor's state as this router sees it (GET /health shows it)."""
+        states = {}
+        for name in self.expected:
+            state, since = self.actor_states.get(name, ("starting", now))
+            if state == "restarting" and now - since > LOST_AFTER_S:
+                state = "lost"
+            states[name] = state
+        return states
 
     def _publish_health(self) -> None:
         if self.hub is None or "transport" not in self.hub.peers:
             return
-        names = set(self.hub.peers)
-        actors = {n: ("up" if n in names else "down") for n in self.expected}
+        actors = self.health_states(time.monotonic())
         ready = all(state == "up" for state in actors.values())
         self._send("transport", MeshHealth(ready=ready, actors=actors))
 
@@ -209,12 +301,23 @@ class RouterActor(Actor):
             log.exception("router: error handling %s from %s", type(msg).__name__, peer.name)
 
     def _dispatch_message(self, peer: Peer, msg: Message) -> None:
+        log.debug("router: %s from %s", type(msg).__name__, peer.name)
+        sender = SENDERS.get(type(msg))
+        if sender is None:
+            self.counters.bump("unexpected")
+            return
+        if peer.kind != sender:
+            self.counters.bump("refused_sender")
+            return
         if isinstance(msg, SessionOpen):
             self._open(msg)
             return
         session = self.sessions.get(getattr(msg, "session", ""))
         if session is None:
-            self.counters.bump("unknown_session")
+            if isinstance(msg, (ClientText, ClientInterrupt)):
+                self._hold_early(msg)
+            else:
+                self.counters.bump("unknown_session")
             return
         engine = self.engine
         if isinstance(msg, VadEvent):
@@ -227,14 +330,14 @@ class RouterActor(Actor):
             engine.interrupt_now(session)
         elif isinstance(msg, SpeakDone):
             engine.on_speak_done(session, msg)
+        elif isinstance(msg, SpeakProgress):
+            engine.on_speak_progress(session, msg)
         elif isinstance(msg, PlaybackStarted):
             engine.on_playback_started(session, msg)
         elif isinstance(msg, PlaybackEnded):
             engine.on_playback_ended(session, msg)
         elif isinstance(msg, SessionClose):
             self._close(session, msg.reason)
-        else:
-            self.counters.bump("unexpected")
 
     def _open(self, msg: SessionOpen) -> None:
         if self.segment is not None and not 0 <= msg.slot < len(self.segment.slots):
@@ -245,17 +348,48 @@ class RouterActor(Actor):
             return  # a re-announcement after we reconnected: nothing changed
         session = Session(msg.session, msg.slot, msg.generation, msg.client)
         session.last_progress = time.monotonic()
+        self.engine.adopt(session, msg.epoch, msg.utterance, msg.utterances)
         self.sessions[msg.session] = session
         assert self.hub is not None
         for peer in list(self.hub.peers.values()):
             if peer.kind in SESSION_PEERS:
                 self._send(peer.name, msg)
         self.event(session, {"type": "state", "state": session.state.value})
+        for _, early in self._early.pop(msg.session, []):
+            self.counters.bump("early_served")
+            self._dispatch_message(self.hub.peers["transport"], early)
+
+    def _hold_early(self, msg: ClientText | ClientInterrupt) -> None:
+        held = self._early.get(msg.session)
+        if held is None:
+            if len(self._early) >= EARLY_SESSIONS:
+                self.counters.bump("early_dropped")
+                return
+            held = self._early[msg.session] = []
+        if len(held) < EARLY_PER_SESSION:
+            held.append((time.monotonic(), msg))
+            self.counters.bump("early_held")
+        else:
+            self.counters.bump("early_dropped")
+
+    def _expire_early(self, now: float) -> None:
+        """Requests whose session never showed up: the client hears they were not served."""
+        for sid in [sid for sid, held in self._early.items() if now - held[0][0] > self.hold_s]:
+            del self._early[sid]
+            self.counters.bump("unknown_session")
+            self._send(
+                "transport",
+                ClientEvent(
+                    session=sid,
+                    event=error_event(ErrorCode.UNAVAILABLE, "the session was not known: retry"),
+                ),
+            )
 
     def _close(self, s: Session, reason: str) -> None:
         s.cancel_timer()
-        if s.reply_task is not None:
-            s.reply_task.cancel()
+        for task in (s.reply_task, s.failover_task):
+            if task is not None:
+                task.cancel()
         self.sessions.pop(s.id, None)
         assert self.hub is not None
         close = SessionClose(session=s.id, reason=reason)
@@ -272,6 +406,7 @@ def build(spec: ActorSpec) -> RouterActor:
         partial_interval_ms=int(spec.section("asr").get("partial_interval_ms", 600)),
         watchdog_ms=int(cfg.get("watchdog_ms", 2000)),
         first_chunk_words=int(tts.get("first_chunk_words", 6)),
+        hold_s=spec.hold_s,
     )
     return RouterActor(
         spec.name,
@@ -283,4 +418,6 @@ def build(spec: ActorSpec) -> RouterActor:
         turn=turn,
         heartbeat_s=spec.heartbeat_s,
         liveness=spec.liveness,
+        secret=spec.secret or None,
+        hold_s=spec.hold_s,
     )

@@ -6,6 +6,8 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
+from voxmesh.mesh.protocol import AsrRequest, Speak
+
 
 class State(enum.StrEnum):
     LISTENING = "listening"
@@ -24,6 +26,12 @@ class Reply:
     complete: bool = False  # every chunk has been sent to TTS
     samples: int = 0  # total 48 kHz samples, known at SPEAK_DONE
     released: bool = False  # frames may go out (False while pre-generated under HOLD)
+    sent: list[Speak] = field(default_factory=list)  # every chunk sent to TTS, in order
+    chunks_done: int = 0  # chunks wholly in the out ring (SPEAK_PROGRESS)
+    synthesized: bool = False  # SPEAK_DONE came: every frame is in the ring
+    adopted: bool = False  # learnt from the transport after a router restart (text unknown)
+    # One sender at a time: a failover re-sending chunks must not interleave with new ones.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -45,6 +53,8 @@ class Session:
     reply: Reply | None = None
     cut_reply: Reply | None = None  # stopped, awaiting its PLAYBACK_ENDED (what was heard)
     reply_task: asyncio.Task[None] | None = None
+    failover_task: asyncio.Task[None] | None = None  # re-sending a reply after a TTS died
+    final_request: AsrRequest | None = None  # the final transcript asked for, not yet in
     onset_sample: int = 0  # where a barge-in began
     confirm_timer: asyncio.TimerHandle | None = None
     confirm_due: bool = False  # the interruption timer ran out during a speech pause

@@ -11,11 +11,13 @@ is ready the moment the turn is confirmed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.protocol import (
     AsrRequest,
     Hold,
@@ -27,6 +29,7 @@ from voxmesh.mesh.protocol import (
     Resume,
     Speak,
     SpeakDone,
+    SpeakProgress,
     Stop,
     Transcript,
     VadEvent,
@@ -45,6 +48,9 @@ class Outbox(Protocol):
     def event(self, session: Session, event: dict[str, Any]) -> None: ...
     def mic_head(self, session: Session) -> int: ...
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+    async def wait_tts(self, timeout_s: float) -> bool:
+        """True once some TTS actor is up (at once if one is), False after ``timeout_s``."""
+        ...
 
 
 # Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
@@ -73,6 +79,11 @@ class TurnConfig:
     partial_interval_ms: int = 600
     watchdog_ms: int = 2000
     first_chunk_words: int = 6
+    hold_s: float = 3.0  # a reply waits this long for a TTS actor that is away
+
+
+class TtsUnavailable(Exception):
+    """No TTS actor came back within the hold time."""
 
 
 class TurnEngine:
@@ -93,21 +104,29 @@ class TurnEngine:
         self.out.to_tts(s, Pause(session=s.id, epoch=s.epoch))
         self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=time.monotonic()))
 
-    def _stop_output(self, s: Session) -> None:
+    def _stop_output(self, s: Session, reason: str = "interrupted") -> None:
         """Drop the reply: new epoch, so every older frame and message is dead."""
-        if s.reply_task is not None:
-            s.reply_task.cancel()
-            s.reply_task = None
+        for task in (s.reply_task, s.failover_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        s.reply_task = s.failover_task = None
         if s.reply is not None:
             s.cut_reply, s.reply = s.reply, None
         s.epoch += 1
-        self.out.to_tts(s, Stop(session=s.id, epoch=s.epoch))
-        self.out.to_transport(Stop(session=s.id, epoch=s.epoch))
+        self.out.to_tts(s, Stop(session=s.id, epoch=s.epoch, reason=reason))
+        self.out.to_transport(Stop(session=s.id, epoch=s.epoch, reason=reason))
 
     def _request_asr(self, s: Session, end: int, final: bool) -> None:
-        self.out.to_asr(
-            AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=end, final=final)
-        )
+        req = AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=end, final=final)
+        if final:
+            s.final_request = req  # asked again if the ASR actor restarts before it answers
+        self.out.to_asr(req)
+
+    def asr_back(self, s: Session) -> None:
+        """The ASR actor (re)started: ask again for the final transcript still owed."""
+        req = s.final_request
+        if req is not None and req.turn == s.turn:
+            self.out.to_asr(req)
 
     def _new_turn(self, s: Session, start: int) -> None:
         s.turn += 1
@@ -231,6 +250,8 @@ class TurnEngine:
                 self._resume(s)
             return
         s.transcripts[tr.end] = tr.text
+        if s.final_request is not None and s.final_request.end == tr.end:
+            s.final_request = None
         if s.state == State.THINKING and tr.end == s.turn_end and s.reply is None:
             self._turn_confirmed(s, tr.text)
         elif s.state == State.USER_SPEAKING and tr.end == s.pending_end and tr.text:
@@ -321,7 +342,7 @@ class TurnEngine:
         pending: list[str] = []
         first = True
 
-        def send(chunk: str, last: bool) -> None:
+        async def send(chunk: str, last: bool) -> None:
             nonlocal first
             msg = Speak(
                 session=s.id,
@@ -331,10 +352,12 @@ class TurnEngine:
                 text=chunk,
                 first=first,
                 last=last,
+                chunk=len(reply.sent),
             )
             first = False
-            if not self.out.to_tts(s, msg):
-                raise RuntimeError("no TTS actor available")
+            async with reply.lock:  # after any failover's re-sends
+                await self._send_speak(s, msg)
+                reply.sent.append(msg)
 
         try:
             deltas = _once(text) if verbatim else self.responder.reply(history, text)
@@ -342,19 +365,24 @@ class TurnEngine:
                 reply.text += delta
                 pending.extend(chunker.push(delta))
                 while len(pending) > 1:  # keep one back: the last chunk must say last=True
-                    send(pending.pop(0), last=False)
+                    await send(pending.pop(0), last=False)
             pending.extend(chunker.flush())
             if not pending:
                 pending = [reply.text or "..."]
             for i, chunk in enumerate(pending):
-                send(chunk, last=i == len(pending) - 1)
+                await send(chunk, last=i == len(pending) - 1)
             reply.complete = True
             if reply.released:
                 self.out.event(s, {"type": "reply", "text": reply.text})
         except asyncio.CancelledError:
             raise
+        except TtsUnavailable as exc:
+            self.out.event(s, error_event(ErrorCode.UNAVAILABLE, str(exc)))
+            if s.epoch == epoch:
+                self._stop_output(s, reason="failed")
+                self._set_state(s, State.LISTENING)
         except Exception as exc:
-            self.out.event(s, {"type": "error", "code": "responder_failed", "message": str(exc)})
+            self.out.event(s, error_event(ErrorCode.RESPONDER_FAILED, str(exc)))
             if s.epoch == epoch:
                 self._stop_output(s)
                 self._set_state(s, State.LISTENING)
@@ -362,16 +390,64 @@ class TurnEngine:
             if s.reply_task is asyncio.current_task():
                 s.reply_task = None
 
+    async def _send_speak(self, s: Session, msg: Speak) -> None:
+        """SPEAK to the session's TTS actor, waiting (up to hold_s) for one to be up."""
+        for _ in range(2):  # the actor picked may vanish between the wait and the send
+            if self.out.to_tts(s, msg):
+                return
+            if not await self.out.wait_tts(self.cfg.hold_s):
+                break
+        raise TtsUnavailable(f"no TTS actor came back within {self.cfg.hold_s:g} s")
+
+    # --- TTS failover ----------------------------------------------------------------------
+
+    def tts_lost(self, s: Session) -> None:
+        """The TTS actor speaking for ``s`` died: hand the rest of the reply to another."""
+        reply = s.reply
+        if reply is None or reply.synthesized or not reply.sent:
+            return  # nothing it owed us (what it wrote is in the ring and plays on)
+        if s.failover_task is not None:
+            s.failover_task.cancel()
+        s.last_progress = time.monotonic()
+        s.failover_task = self.out.spawn(self._failover(s, reply))
+
+    async def _failover(self, s: Session, reply: Reply) -> None:
+        epoch = s.epoch
+        try:
+            async with reply.lock:
+                # Chunks wholly in the ring play on; the rest is synthesized again. A chunk
+                # the dead actor had begun is heard again from its start (not from the
+                # first unheard sample: its audio is not the same on a new synthesis).
+                for msg in reply.sent[reply.chunks_done :]:
+                    if s.epoch != epoch or s.reply is not reply:
+                        return
+                    await self._send_speak(s, dataclasses.replace(msg, first=False))
+                    s.last_progress = time.monotonic()
+        except TtsUnavailable as exc:
+            if s.epoch == epoch and s.reply is reply:
+                self.out.event(s, error_event(ErrorCode.TTS_LOST, str(exc)))
+                self.recover(s, reason="failed")
+        finally:
+            if s.failover_task is asyncio.current_task():
+                s.failover_task = None
+
     # --- playback --------------------------------------------------------------------------
+
+    def on_speak_progress(self, s: Session, msg: SpeakProgress) -> None:
+        reply = s.reply
+        if msg.epoch == s.epoch and reply is not None and msg.utterance == reply.utterance:
+            reply.chunks_done = max(reply.chunks_done, msg.chunk + 1)
+            s.last_progress = time.monotonic()
 
     def on_speak_done(self, s: Session, msg: SpeakDone) -> None:
         if msg.epoch != s.epoch or s.reply is None or msg.utterance != s.reply.utterance:
             return
         s.reply.samples = msg.samples
+        s.reply.synthesized = True
         s.last_progress = time.monotonic()
         if msg.error:
-            self.out.event(s, {"type": "error", "code": "tts_failed", "message": msg.error})
-            self.recover(s)
+            self.out.event(s, error_event(ErrorCode.TTS_FAILED, msg.error))
+            self.recover(s, reason="failed")
 
     def on_playback_started(self, s: Session, msg: PlaybackStarted) -> None:
         if msg.epoch != s.epoch:
@@ -383,7 +459,8 @@ class TurnEngine:
     def on_playback_ended(self, s: Session, msg: PlaybackEnded) -> None:
         for reply in (s.reply, s.cut_reply):
             if reply is not None and msg.utterance == reply.utterance:
-                s.history.append({"role": "assistant", "content": _heard_text(reply, msg)})
+                if not reply.adopted:  # an adopted reply's text died with the old router
+                    s.history.append({"role": "assistant", "content": _heard_text(reply, msg)})
                 if reply is s.reply:
                     s.reply = None
                 else:
@@ -391,17 +468,30 @@ class TurnEngine:
         if msg.epoch == s.epoch and msg.reason == "done" and s.state == State.SPEAKING:
             self._set_state(s, State.LISTENING)
 
-    def recover(self, s: Session) -> None:
+    def recover(self, s: Session, reason: str = "interrupted") -> None:
         """Give the floor back to the user after a failure (stuck turn, TTS lost)."""
         s.cancel_timer()
-        self._stop_output(s)
+        self._stop_output(s, reason=reason)
         self._set_state(s, State.LISTENING)
+
+    def adopt(self, s: Session, epoch: int, playing: int, utterances: int) -> None:
+        """Take over a session a previous router ran: its epoch, and the reply it plays."""
+        s.epoch = epoch
+        s.utterances = max(utterances, playing)
+        if playing:
+            s.reply = Reply(
+                utterance=playing, released=True, complete=True, synthesized=True, adopted=True
+            )
+            s.state = State.SPEAKING  # the caller announces the state
 
     def watchdog(self, s: Session, now: float, out_mark: Callable[[], tuple[int, int]]) -> None:
         """A turn that should be making sound but is not: report it and recover."""
         if s.state not in (State.THINKING, State.SPEAKING) or s.reply is None:
             return
         if not s.reply.released:
+            return
+        if s.failover_task is not None:
+            s.last_progress = now  # a new TTS actor is taking the reply over
             return
         mark = out_mark()
         if mark != s.progress_mark:
@@ -410,13 +500,9 @@ class TurnEngine:
         elif now - s.last_progress > self.cfg.watchdog_ms / 1000:
             self.out.event(
                 s,
-                {
-                    "type": "error",
-                    "code": "stuck_turn",
-                    "message": "no audio flowed for the reply; listening again",
-                },
+                error_event(ErrorCode.STUCK_TURN, "no audio flowed for the reply; listening again"),
             )
-            self.recover(s)
+            self.recover(s, reason="failed")
 
 
 async def _once(text: str) -> Any:

@@ -57,6 +57,7 @@ class TtsActor(Actor):
         engine_options: Mapping[str, Any] | None = None,
         heartbeat_s: float = 0.5,
         liveness: int = 3,
+        secret: str | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -65,6 +66,7 @@ class TtsActor(Actor):
             context=context,
             heartbeat_s=heartbeat_s,
             liveness=liveness,
+            secret=secret,
         )
         self.segment_name = segment
         # Resolve the engine now: a bad engine name fails at build, not at the first SPEAK.

@@ -8,6 +8,14 @@ remainder across chunks), waits while the ring is full, calls ``poll_control()``
 every frame so PAUSE and STOP are served between frames, and after the utterance's last
 frame (padded with zeros, FLAG_LAST) sends SPEAK_DONE.
 
+Memory: synthesis runs at most ``ahead_s`` of audio ahead of the writer (the out ring holds
+5 s more), so a long reply costs a bounded buffer, not its whole audio.
+
+Failover: after each chunk's last frame is in the ring the writer sends SPEAK_PROGRESS, so
+when this actor dies the router can hand the chunks not yet written to another actor. Such
+a continuation arrives with ``first=False``: its first frame then carries no FLAG_FIRST and
+the transport plays it on as the same utterance.
+
 Fencing: a message whose epoch is older than the session's is dropped and counted; a newer
 epoch (STOP, or a SPEAK/PAUSE of a turn we missed the STOP for) drops every queued chunk
 and buffered sample of older turns. A synthesis call cannot be interrupted: its output is
@@ -27,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from voxmesh.mesh.protocol import Message, Pause, Resume, Speak, SpeakDone, Stop
+from voxmesh.mesh.protocol import Message, Pause, Resume, Speak, SpeakDone, SpeakProgress, Stop
 from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, OUT_FRAME_SAMPLES, RingSegment
 from voxmesh.mesh.sockets import Counters
 
@@ -37,6 +45,7 @@ log = logging.getLogger("voxmesh.tts")
 
 FRAME = OUT_FRAME_SAMPLES
 FULL_WAIT_S = 0.005  # poll interval while the out ring is full (the reader frees 1 per 20 ms)
+AHEAD_S = 10.0  # synthesized audio kept ahead of the writer, per session
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,7 @@ class _ChunkEnd:
     epoch: int
     slot: int
     last: bool
+    chunk: int = 0
     error: str = ""
 
 
@@ -99,6 +109,8 @@ class _Utterance:
     chunk_open: bool = False  # audio of a chunk arrived, its end marker not yet
     closing: bool = False  # its last chunk (or an error) is in: flush and finish
     error: str = ""
+    # (utterance sample where a chunk ends, chunk index): SPEAK_PROGRESS once written
+    chunk_ends: deque[tuple[int, int]] = field(default_factory=deque)
 
 
 @dataclass(eq=False)
@@ -114,6 +126,8 @@ class SessionStream:
     synthesizing: Speak | None = None
     current: _Utterance | None = None
     received: dict[int, float] = field(default_factory=dict)  # utterance -> first SPEAK time
+    opens: dict[int, bool] = field(default_factory=dict)  # utterance -> its first SPEAK.first
+    ahead: int = 0  # samples synthesized and queued in ``events``
     wake_synth: asyncio.Event = field(default_factory=asyncio.Event)
     wake_writer: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -145,7 +159,9 @@ class Streamer:
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]],
         counters: Counters,
         full_wait_s: float = FULL_WAIT_S,
+        ahead_s: float = AHEAD_S,
     ) -> None:
+        self.ahead_max = int(ahead_s * 48000)
         self.segment = segment
         self.models = models
         self.send = send
@@ -175,6 +191,7 @@ class Streamer:
             return
         s.generation.setdefault(msg.slot, self.segment.slots[msg.slot].generation)
         s.received.setdefault(msg.utterance, time.monotonic() if received is None else received)
+        s.opens.setdefault(msg.utterance, msg.first)
         s.speaks.append(msg)
         if not s.tasks:
             s.tasks = [self.spawn(self._synth_loop(s)), self.spawn(self._write_loop(s))]
@@ -241,6 +258,8 @@ class Streamer:
         s.events.clear()
         s.failed.clear()
         s.received.clear()
+        s.opens.clear()
+        s.ahead = 0
         s.current = None
         s.wake()
 
@@ -282,7 +301,11 @@ class Streamer:
                         pcm = as_pcm(piece)
                         if pcm.size:
                             s.events.append(_Audio(msg.utterance, msg.epoch, msg.slot, pcm))
+                            s.ahead += pcm.size
                             s.wake_writer.set()
+                        while s.ahead > self.ahead_max and msg.epoch == s.epoch:
+                            s.wake_synth.clear()  # far enough ahead: wait for the writer
+                            await s.wake_synth.wait()
         except Exception as exc:  # a failing voice fails this utterance, never the actor
             error = f"{type(exc).__name__}: {exc}"
             self.counters.bump("synth_errors")
@@ -291,7 +314,7 @@ class Streamer:
             return
         if error:
             s.failed.add(msg.utterance)
-        s.events.append(_ChunkEnd(msg.utterance, msg.epoch, msg.slot, msg.last, error))
+        s.events.append(_ChunkEnd(msg.utterance, msg.epoch, msg.slot, msg.last, msg.chunk, error))
         s.wake_writer.set()
 
     # --- frames -----------------------------------------------------------------------------
@@ -334,8 +357,11 @@ class Streamer:
             if isinstance(ev, _Audio):
                 u.pending.push(ev.pcm)
                 u.chunk_open = True
+                s.ahead -= ev.pcm.size
+                s.wake_synth.set()
             else:
                 u.chunk_open = False
+                u.chunk_ends.append((u.samples + u.pending.size, ev.chunk))
                 if ev.last or ev.error:
                     u.closing = True
                     u.error = ev.error
@@ -355,15 +381,20 @@ class Streamer:
             return
         pcm = u.pending.take(FRAME)
         u.samples += pcm.size
-        flags = (FLAG_FIRST if u.frames == 0 else 0) | (FLAG_LAST if final else 0)
+        opens = u.frames == 0 and s.opens.get(u.id, True)  # a continuation does not
+        flags = (FLAG_FIRST if opens else 0) | (FLAG_LAST if final else 0)
         if pcm.size < FRAME:
             pcm = np.concatenate([pcm, np.zeros(FRAME - pcm.size, np.int16)])
         slot.out.write(pcm.tobytes(), epoch=u.epoch, utterance=u.id, flags=flags)
         u.frames += 1
+        while u.chunk_ends and u.samples >= u.chunk_ends[0][0]:
+            _, chunk = u.chunk_ends.popleft()
+            self.send(SpeakProgress(session=s.session, epoch=u.epoch, utterance=u.id, chunk=chunk))
         if u.frames == 1:
             received = s.received.pop(u.id, None)
             if received is not None:
                 self.first_frame_s.append(time.monotonic() - received)
         if final:
             s.current = None
+            s.opens.pop(u.id, None)
             self._done(s.session, u.epoch, u.id, u.samples, u.error)
