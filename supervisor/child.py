@@ -1,6 +1,9 @@
 """Actor process bootstrap: ``python -m voxmesh.supervisor.child NAME < spec.json``.
 
-The ActorSpec JSON arrives on standard input (it may hold API keys; argv is public).
+The ActorSpec JSON arrives as the first line of standard input (it may hold API keys and
+the mesh secret; argv is public). A warm standby (``spec.standby``) loads its models and
+then waits for a second line, ``go``, before it joins the mesh; end of input instead means
+it is not needed: it exits 0.
 
 The supervisor starts every actor this way (a fresh interpreter, never a fork). Here we:
 die with the supervisor (PR_SET_PDEATHSIG), leave Ctrl-C to the supervisor (the terminal
@@ -69,10 +72,17 @@ def load_factory(kind: str) -> Callable[[ActorSpec], Any]:
     return factory
 
 
-async def serve(actor: Any) -> None:
+async def promoted() -> bool:
+    """A standby's wait: True once the supervisor writes ``go``, False at end of input."""
+    line = await asyncio.to_thread(sys.stdin.readline)
+    return line.strip() == "go"
+
+
+async def serve(actor: Any, *, standby: bool = False) -> None:
     """Run the actor until it stops; SIGTERM asks it to stop from the loop's thread."""
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(actor.run())  # run() sets up its stop event on its first step
+    # run() sets up its stop event on its first step
+    task = asyncio.ensure_future(actor.run(promoted() if standby else None))
 
     def on_sigterm(signum: int, frame: object) -> None:
         loop.call_soon_threadsafe(actor.stop)
@@ -90,7 +100,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m voxmesh.supervisor.child NAME < spec.json", file=sys.stderr)
         return 2
-    spec = ActorSpec.from_json(sys.stdin.read())
+    spec = ActorSpec.from_json(sys.stdin.readline())
     if spec.name != argv[0]:
         print(f"spec is for {spec.name!r}, not {argv[0]!r}", file=sys.stderr)
         return 2
@@ -101,7 +111,7 @@ def main(argv: list[str]) -> int:
         return 3
     try:
         actor = load_factory(spec.kind)(spec)
-        asyncio.run(serve(actor))
+        asyncio.run(serve(actor, standby=spec.standby))
     except Exception:
         log.exception("%s: actor failed", spec.name)
         return 1

@@ -7,6 +7,8 @@ test's kill of the group reach them too (they ignore SIGINT; the supervisor deci
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import os
 import signal
@@ -15,6 +17,8 @@ import sys
 import time
 from collections import deque
 from typing import Any
+
+import psutil
 
 from .child import PARENT_ENV
 from .spec import ActorSpec
@@ -34,6 +38,7 @@ class ManagedProcess:
     def __init__(self, spec: ActorSpec) -> None:
         self.spec = spec
         self.proc: subprocess.Popen[bytes] | None = None
+        self.standby: subprocess.Popen[bytes] | None = None  # a warm spare (mesh.standby)
         self.state = State.STOPPED
         self.restarts = 0
         self.recent_restarts: deque[float] = deque()  # monotonic times, for the intensity limit
@@ -42,6 +47,8 @@ class ManagedProcess:
         self.restart_at = 0.0  # when BACKOFF ends
         self.failed_at = 0.0  # when the last failure was seen
         self.last_exit: int | None = None
+        self.cpu_mark: tuple[float, float] | None = None  # (monotonic time, CPU seconds used)
+        self.starved_since: float | None = None  # silent while busy: not (yet) restarted
 
     @property
     def name(self) -> str:
@@ -51,22 +58,66 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def spawn(self) -> None:
+    def _start(self, *, standby: bool) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.spec.env, PARENT_ENV: str(os.getpid())}
-        # The spec (config with any API keys) goes through a pipe, not argv: argv is
-        # world-readable in ps; the name in argv is what a human looking at ps needs.
-        self.proc = subprocess.Popen(
+        # The spec (config with any API keys, the mesh secret) goes through a pipe, not
+        # argv: argv is world-readable in ps; the name in argv is what a human needs.
+        proc = subprocess.Popen(
             [sys.executable, "-m", "voxmesh.supervisor.child", self.spec.name],
             env=env,
             stdin=subprocess.PIPE,
             close_fds=True,
         )
-        assert self.proc.stdin is not None
-        with self.proc.stdin:
-            self.proc.stdin.write(self.spec.to_json().encode())
+        assert proc.stdin is not None
+        spec = dataclasses.replace(self.spec, standby=standby)
+        proc.stdin.write(spec.to_json().encode() + b"\n")
+        proc.stdin.flush()
+        if not standby:
+            proc.stdin.close()
+        return proc
+
+    def spawn(self) -> None:
+        self.proc = self._start(standby=False)
+        self._started()
+
+    def spawn_standby(self) -> None:
+        """Start a warm spare: it loads its models and waits to be promoted."""
+        if self.standby is None or self.standby.poll() is not None:
+            self.standby = self._start(standby=True)
+
+    def promote(self) -> bool:
+        """Replace the (dead) process by the warm spare, if there is a live one."""
+        spare, self.standby = self.standby, None
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return False
+        try:
+            with spare.stdin:
+                spare.stdin.write(b"go\n")
+        except OSError:
+            return False
+        self.proc = spare
+        self._started()
+        return True
+
+    def drop_standby(self) -> None:
+        """End the spare (at shutdown): end of its input tells it it is not needed."""
+        spare, self.standby = self.standby, None
+        if spare is None:
+            return
+        if spare.stdin is not None:
+            with contextlib.suppress(OSError):
+                spare.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            spare.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spare.wait(timeout=5)
+
+    def _started(self) -> None:
         self.state = State.STARTING
         self.started_at = time.monotonic()
         self.ready_at = 0.0
+        self.cpu_mark = None
+        self.starved_since = None
 
     def poll(self) -> int | None:
         """The exit status if the process has exited (reaped), else None."""
@@ -76,6 +127,24 @@ class ManagedProcess:
         if code is not None:
             self.last_exit = code
         return code
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used (None if it is gone)."""
+        if self.proc is None:
+            return None
+        try:
+            times = psutil.Process(self.proc.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+
+    def cpu_rate(self, now: float) -> float | None:
+        """Share of a core used since ``cpu_mark``; moves the mark to now."""
+        used = self.cpu_seconds()
+        mark, self.cpu_mark = self.cpu_mark, None if used is None else (now, used)
+        if used is None or mark is None or now <= mark[0]:
+            return None
+        return (used - mark[1]) / (now - mark[0])
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -97,10 +166,12 @@ class ManagedProcess:
                 pass
             self.poll()
 
-    def note_restart(self, now: float, window_s: float) -> int:
-        """Record a restart; how many fell within the last ``window_s`` (this one included)."""
+    def note_restart(self, now: float, window_s: float, *, counted: bool = True) -> int:
+        """Record a restart; how many counted ones fell within the last ``window_s`` (this
+        one included). A restart of a starved actor is not ``counted``: it was not at fault."""
         self.restarts += 1
-        self.recent_restarts.append(now)
+        if counted:
+            self.recent_restarts.append(now)
         while self.recent_restarts and now - self.recent_restarts[0] > window_s:
             self.recent_restarts.popleft()
         return len(self.recent_restarts)
@@ -123,6 +194,8 @@ class ManagedProcess:
             row["heartbeat_age_s"] = round(seen_ago, 3)
         if self.last_exit is not None:
             row["last_exit"] = self.last_exit
+        if self.standby is not None and self.standby.poll() is None:
+            row["standby_pid"] = self.standby.pid
         if self.spec.env.get("CUDA_VISIBLE_DEVICES"):
             row["gpu"] = self.spec.env["CUDA_VISIBLE_DEVICES"]
         return row

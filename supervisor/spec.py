@@ -31,8 +31,12 @@ class ActorSpec:
     liveness: int
     config: dict[str, Any] = field(default_factory=dict)  # the whole merged config
     env: dict[str, str] = field(default_factory=dict)  # extra environment (e.g. CUDA pinning)
+    secret: str = ""  # this run's mesh secret (mesh/auth.py); the spec travels on stdin
+    hold_s: float = 3.0  # how long a request waits for an actor that is away (mesh.hold_s)
+    standby: bool = False  # load, then wait for "go" on stdin before joining (a warm spare)
 
     def to_json(self) -> str:
+        """One line (the child reads the spec with readline: a standby's stdin stays open)."""
         return json.dumps(asdict(self))
 
     @classmethod
@@ -47,6 +51,7 @@ class ActorSpec:
             "segment": self.segment,
             "heartbeat_s": self.heartbeat_s,
             "liveness": self.liveness,
+            "secret": self.secret or None,
         }
 
     def section(self, name: str) -> dict[str, Any]:

@@ -5,13 +5,16 @@ It attaches the ring segment, links to the router and the supervisor like a real
 heartbeats. As the ``router`` kind it binds the router's hub (and routes nothing); as the
 ``transport`` kind it serves ``GET /health`` (always 200) on ``server.port``.
 ``VOXMESH_STANDIN_FAIL=<name>,...`` makes those actors fail at start, and
-``VOXMESH_STANDIN_HANG=<name>,...`` makes them hang there (never READY).
+``VOXMESH_STANDIN_HANG=<name>,...`` makes them hang there (never READY), and
+``VOXMESH_STANDIN_BUSY=<name>:<seconds>`` makes that one, once up, hog its loop with CPU
+work for that long (a starved actor: alive, busy, silent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from voxmesh.mesh.actor import Actor
@@ -22,6 +25,7 @@ from .spec import ActorSpec
 
 FAIL_ENV = "VOXMESH_STANDIN_FAIL"
 HANG_ENV = "VOXMESH_STANDIN_HANG"
+BUSY_ENV = "VOXMESH_STANDIN_BUSY"
 
 
 def _named_in(env: str, name: str) -> bool:
@@ -36,6 +40,7 @@ class StandinActor(Actor):
             supervisor=spec.supervisor,
             heartbeat_s=spec.heartbeat_s,
             liveness=spec.liveness,
+            secret=spec.secret or None,
         )
         self.spec = spec
         self.kind = spec.kind  # type: ignore[misc]  # per instance: one class, many kinds
@@ -50,7 +55,12 @@ class StandinActor(Actor):
             await asyncio.Event().wait()  # a model load that never finishes
         self._segment = RingSegment.attach(self.spec.segment)
         if self.spec.kind == "router":
-            self._hub = Hub(self.context, self.spec.router, lambda peer, msg: None)
+            self._hub = Hub(
+                self.context,
+                self.spec.router,
+                lambda peer, msg: None,
+                secret=self.spec.secret or None,
+            )
             self.every(self.heartbeat_s / 2, self._hub.tick)
         if self.spec.kind == "transport":
             from aiohttp import web
@@ -66,6 +76,10 @@ class StandinActor(Actor):
             await web.TCPSite(runner, server["host"], int(server["port"])).start()
             self._web = runner
 
+        name, _, seconds = os.environ.get(BUSY_ENV, "").partition(":")
+        if name == self.name:
+            asyncio.get_running_loop().call_later(1.0, _spin, float(seconds))
+
     async def on_stop(self) -> None:
         if self._hub is not None:
             self._hub.close()
@@ -76,6 +90,13 @@ class StandinActor(Actor):
 
     def info(self) -> dict[str, Any]:
         return {"sessions": 0, "standin": True}
+
+
+def _spin(seconds: float) -> None:
+    """Burn CPU on the loop's thread: no heartbeat goes out meanwhile."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def build(spec: ActorSpec) -> StandinActor:

@@ -57,7 +57,17 @@ def query(endpoint: str, timeout_s: float = 3.0) -> Status:
 
 def format_table(status: Status) -> str:
     """A plain-text table of the actors, then the mesh-wide lines."""
-    header = ("ACTOR", "KIND", "PID", "STATE", "RESTARTS", "UPTIME", "SESSIONS", "HEARTBEAT")
+    header = (
+        "ACTOR",
+        "KIND",
+        "PID",
+        "STATE",
+        "SERVING",
+        "RESTARTS",
+        "UPTIME",
+        "SESSIONS",
+        "HEARTBEAT",
+    )
     rows = [header]
     for actor in status.actors:
         info: dict[str, Any] = actor.get("info") or {}
@@ -68,6 +78,7 @@ def format_table(status: Status) -> str:
                 str(actor.get("kind", "?")),
                 str(actor.get("pid") or "-"),
                 str(actor.get("state", "?")),
+                str(actor.get("serving", "-")),
                 str(actor.get("restarts", 0)),
                 _duration(float(actor.get("uptime_s", 0.0))),
                 str(info.get("sessions", "-")),

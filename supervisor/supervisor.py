@@ -8,10 +8,14 @@ at ``ipc://<run_dir>/supervisor.sock``, extra services (``services.py``: the ``-
 hook), the router, and once the router is READY every other actor. Each must send READY
 within ``mesh.ready_timeout_s``.
 
-Watch: an actor whose process exits, or that stops heartbeating for ``liveness`` intervals,
-is killed (if still there) and restarted after ``restart_backoff_ms`` (doubling per restart
-within the window); more than ``restart_max`` restarts of one actor within
-``restart_window_s`` and the supervisor gives up: it stops the mesh and exits 1.
+Watch: an actor whose process exits, or that stops heartbeating for ``liveness`` intervals
+while idle (hung, stopped), is killed (if still there) and restarted after
+``restart_backoff_ms`` (doubling per restart within the window); more than ``restart_max``
+such restarts of one actor within ``restart_window_s`` and the supervisor gives up: it
+stops the mesh and exits 1. An actor that stops heartbeating while it is busy (using CPU:
+starved, say by a flood of messages from a bad peer) is not a crash: it gets
+``STARVED_GRACE_S`` to answer again, and if it must be restarted after that the restart does
+not count towards ``restart_max``, so one bad peer cannot take the whole mesh down.
 
 Stop (SIGINT/SIGTERM): SHUTDOWN to every actor, SIGTERM to the ones still there after
 ``shutdown_deadline_s``, SIGKILL a moment later; then the hub closes, the segment is
@@ -38,8 +42,9 @@ from typing import Any, TextIO
 
 import zmq
 
+from voxmesh.mesh import auth
 from voxmesh.mesh.hub import Hub, Peer
-from voxmesh.mesh.protocol import Message, Shutdown, Status, StatusRequest
+from voxmesh.mesh.protocol import Message, PeerGone, Shutdown, Status, StatusRequest
 from voxmesh.mesh.ring import Geometry, RingSegment, remove_stale_segments, segment_name
 
 from . import statefile, topology
@@ -53,6 +58,9 @@ TICK_S = 0.05
 KILL_GRACE_S = 1.5  # after SIGTERM, before SIGKILL
 BACKOFF_MAX_S = 30.0  # the doubling restart delay stops growing here
 IPC_PATH_MAX = 100  # sun_path holds 108 bytes on Linux; keep a margin for the socket name
+CPU_SAMPLE_S = 1.0  # how often each actor's CPU use is sampled (to tell busy from hung)
+BUSY_SHARE = 0.2  # an actor silent while using this share of a core is busy, not hung
+STARVED_GRACE_S = 10.0  # a busy, silent actor gets this long to answer before a restart
 
 
 class SupervisorError(RuntimeError):
@@ -84,6 +92,8 @@ class Supervisor:
         self._hub: Hub | None = None
         self._started_services: list[Service] = []
         self._state_written = False
+        self._secret = auth.new_secret()  # only the actors we start learn it (on stdin)
+        self._standby_names = frozenset(str(n) for n in self.mesh["standby"])
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -136,6 +146,8 @@ class Supervisor:
             on_lost=self._on_lost,
             heartbeat_s=self.mesh["heartbeat_ms"] / 1000.0,
             liveness=int(self.mesh["liveness"]),
+            secret=self._secret,
+            open_kinds=frozenset({"client"}),
         )
         self._write_state()
         # Hook: extra processes (e.g. livekit-server) start before any actor, so they may
@@ -147,7 +159,7 @@ class Supervisor:
                 service.start(self.config, self._run_dir)
             except Exception as exc:
                 raise SupervisorError(f"{service.name} failed to start: {exc}") from exc
-        specs = topology.plan(self.config, self._run_dir, self._segment.name)
+        specs = topology.plan(self.config, self._run_dir, self._segment.name, self._secret)
         self.procs = [ManagedProcess(spec) for spec in specs]
         self._say(f"loading models: {self.procs[0].name} ...")
         self.procs[0].spawn()
@@ -269,24 +281,39 @@ class Supervisor:
                     self._restart(proc, now, f"exited ({_describe_exit(code)})")
                 elif proc.state is State.STARTING and now - proc.started_at > timeout:
                     self._restart(proc, now, f"not ready after {timeout:g} s")
+                elif proc.starved_since is not None:
+                    self._check_starved(proc, now)
+                elif proc.cpu_mark is None or now - proc.cpu_mark[0] >= CPU_SAMPLE_S:
+                    proc.cpu_rate(now)
             elif proc.state is State.BACKOFF and now >= proc.restart_at:
                 proc.spawn()
 
-    def _restart(self, proc: ManagedProcess, now: float, reason: str) -> None:
+    def _restart(
+        self, proc: ManagedProcess, now: float, reason: str, *, counted: bool = True
+    ) -> None:
         """Kill what is left of ``proc`` and schedule its restart (or give up)."""
+        gone = proc.pid
         proc.kill()
         self._forget_peer(proc)
+        assert self._hub is not None
+        if gone is not None and proc.name != topology.ROUTER and topology.ROUTER in self._hub.peers:
+            # The router hears of it now, not after three missed heartbeats.
+            self._hub.send(topology.ROUTER, PeerGone(name=proc.name, pid=gone))
         if self._stopping:
             proc.state = State.STOPPED
             return
-        count = proc.note_restart(now, float(self.mesh["restart_window_s"]))
+        count = proc.note_restart(now, float(self.mesh["restart_window_s"]), counted=counted)
         limit = int(self.mesh["restart_max"])
-        if count > limit:
+        if counted and count > limit:
             proc.state = State.STOPPED
             self._fail(
                 f"{proc.name} {reason}; restarted {count - 1} times within "
                 f"{self.mesh['restart_window_s']} s (restart_max {limit}): giving up"
             )
+            return
+        if proc.promote():  # a warm spare has its models loaded: no backoff, no load time
+            log.warning("%s %s: its warm standby takes over", proc.name, reason)
+            proc.failed_at = now
             return
         delay = min(
             float(self.mesh["restart_backoff_ms"]) / 1000.0 * 2 ** (count - 1), BACKOFF_MAX_S
@@ -296,11 +323,20 @@ class Supervisor:
         proc.failed_at = now
         proc.restart_at = now + delay
 
+    def _check_starved(self, proc: ManagedProcess, now: float) -> None:
+        assert self._hub is not None and proc.starved_since is not None
+        peer = self._hub.peers.get(proc.name)
+        if peer is not None and peer.pid == proc.pid:  # it answered again
+            log.warning("%s is heartbeating again", proc.name)
+            proc.starved_since = None
+        elif now - proc.starved_since > STARVED_GRACE_S:
+            self._restart(proc, now, "busy and silent", counted=False)
+
     def _forget_peer(self, proc: ManagedProcess) -> None:
         assert self._hub is not None
         peer = self._hub.peers.get(proc.name)
         if peer is not None and peer.pid == proc.pid:  # the process is gone; so is the peer
-            del self._hub.peers[proc.name]
+            self._hub.forget(proc.name)
 
     def _start_after_router(self) -> None:
         router, rest = self.procs[0], self.procs[1:]
@@ -322,7 +358,7 @@ class Supervisor:
 
     def _managed(self, peer: Peer) -> ManagedProcess | None:
         for proc in self.procs:
-            if proc.name == peer.name and proc.pid == peer.pid:
+            if proc.name == peer.name and proc.pid == peer.pid and proc.spec.kind == peer.kind:
                 return proc
         return None
 
@@ -332,6 +368,8 @@ class Supervisor:
             return  # a client (voxmesh status) or a late READY from a replaced process
         proc.state = State.RUNNING
         proc.ready_at = time.monotonic()
+        if proc.name in self._standby_names:
+            proc.spawn_standby()  # the spare for its next failure
         if proc.restarts:
             took = proc.ready_at - proc.failed_at
             self._say(f"restarted: {proc.name} ({took:.2f} s after it failed)")
@@ -343,7 +381,18 @@ class Supervisor:
         if proc is None or self._stopping or proc.state is not State.RUNNING:
             return
         if peer.liveness <= 0:  # silent, not a GOODBYE (an exit is seen by poll())
-            self._restart(proc, time.monotonic(), "stopped heartbeating")
+            now = time.monotonic()
+            rate = proc.cpu_rate(now)
+            if rate is not None and rate >= BUSY_SHARE:
+                log.warning(
+                    "%s stopped heartbeating while busy (%.0f%% of a core): waiting up to %g s",
+                    proc.name,
+                    rate * 100,
+                    STARVED_GRACE_S,
+                )
+                proc.starved_since = now
+            else:
+                self._restart(proc, now, "stopped heartbeating")
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
         assert self._hub is not None
@@ -354,16 +403,22 @@ class Supervisor:
         assert self._hub is not None
         now = time.monotonic()
         rows = []
+        router = self._hub.peers.get(topology.ROUTER)
+        serving: dict[str, Any] = dict(router.info.get("health") or {}) if router else {}
         for proc in self.procs:
             peer = self._hub.peers.get(proc.name)
             ours = peer is not None and peer.pid == proc.pid
-            rows.append(
-                proc.status(
-                    now,
-                    peer.info if ours and peer else None,
-                    now - peer.last_seen if ours and peer else None,
-                )
+            row = proc.status(
+                now,
+                peer.info if ours and peer else None,
+                now - peer.last_seen if ours and peer else None,
             )
+            # What /health says: the actor as the router sees it (the router: as we see it).
+            if proc.name == topology.ROUTER:
+                row["serving"] = "up" if ours and proc.state is State.RUNNING else "restarting"
+            else:
+                row["serving"] = str(serving.get(proc.name, "restarting" if not router else "-"))
+            rows.append(row)
         info: dict[str, Any] = {
             "pid": os.getpid(),
             "state": "stopping" if self._stopping else "up" if self._announced else "starting",
@@ -380,6 +435,8 @@ class Supervisor:
 
     async def _stop_actors(self) -> None:
         self._stopping = True
+        for proc in self.procs:
+            proc.drop_standby()
         deadline_s = float(self.mesh["shutdown_deadline_s"])
         for proc in self.procs:
             if not proc.alive():
@@ -422,6 +479,8 @@ class Supervisor:
         """Release everything this run took; safe after a partial start."""
         for proc in self._alive():  # only after a failure inside the stop itself
             proc.kill()
+        for proc in self.procs:
+            proc.drop_standby()
         if self._hub is not None:
             self._hub.close()
             self._hub = None

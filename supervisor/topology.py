@@ -51,7 +51,7 @@ def tts_devices(setting: str) -> list[str | None]:
     return list(indices)
 
 
-def plan(config: Config, run_dir: Path, segment: str) -> list[ActorSpec]:
+def plan(config: Config, run_dir: Path, segment: str, secret: str = "") -> list[ActorSpec]:
     """Every actor's spec, in start order (the router first)."""
     mesh = config["mesh"]
     tts: list[tuple[str, dict[str, str]]] = []
@@ -73,6 +73,8 @@ def plan(config: Config, run_dir: Path, segment: str) -> list[ActorSpec]:
             liveness=int(mesh["liveness"]),
             config=shared,
             env=dict(env or {}),
+            secret=secret,
+            hold_s=float(mesh["hold_s"]),
         )
 
     return [

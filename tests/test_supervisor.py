@@ -144,6 +144,7 @@ def test_dead_or_hung_actors_are_restarted_and_serving(tmp_path: Path) -> None:
         assert {a["name"]: a["restarts"] for a in mesh.status()["actors"]} == dict.fromkeys(
             ACTORS, 1
         )
+        assert "asr exited (killed by SIGKILL): its warm standby takes over" in mesh.log_text()
         hung = mesh.actor_pids()["tts0"]
         times["tts0 hung"] = kill_and_wait(mesh, "tts0", signal.SIGSTOP)
         assert hung is not None and not pid_running(hung)  # the hung process was killed
@@ -257,6 +258,26 @@ def test_actor_never_ready_is_restarted_then_given_up(tmp_path: Path) -> None:
         assert log.count("asr not ready after 1.5 s: restarting") == 1
         assert "asr not ready after 1.5 s; restarted 1 times" in log and "giving up" in log
         assert "ready: vad" in log  # the others came up meanwhile
+    finally:
+        problems = mesh.shutdown()
+    assert not problems, problems
+
+
+def test_a_busy_silent_actor_is_given_time_not_restarted(tmp_path: Path) -> None:
+    """Starved (a flood, a long computation) is not crashed: no restart, no restart count."""
+    env = {
+        "VOXMESH_TEST_FACTORIES": STANDINS,
+        "VOXMESH_STANDIN_BUSY": "vad:4",  # silent for 4 s, well past 3 heartbeats (1.5 s)
+    }
+    mesh = MeshProc(tmp_path, extra_env=env)
+    try:
+        mesh.wait_healthy()
+        pid = mesh.actor_pids()["vad"]
+        wait_for(lambda: "vad is heartbeating again" in mesh.log_text(), 20, "vad back")
+        log = mesh.log_text()
+        assert "vad stopped heartbeating while busy" in log
+        rows = {a["name"]: a for a in mesh.status()["actors"]}
+        assert rows["vad"]["restarts"] == 0 and rows["vad"]["pid"] == pid
     finally:
         problems = mesh.shutdown()
     assert not problems, problems

@@ -88,6 +88,7 @@ def test_status_table() -> None:
                 "kind": "router",
                 "pid": 10,
                 "state": "running",
+                "serving": "up",
                 "restarts": 0,
                 "uptime_s": 75.0,
                 "info": {"sessions": 2},
@@ -98,6 +99,7 @@ def test_status_table() -> None:
                 "kind": "asr",
                 "pid": None,
                 "state": "backoff",
+                "serving": "restarting",
                 "restarts": 3,
                 "uptime_s": 0.0,
                 "info": {},
@@ -111,6 +113,7 @@ def test_status_table() -> None:
         "KIND",
         "PID",
         "STATE",
+        "SERVING",
         "RESTARTS",
         "UPTIME",
         "SESSIONS",
@@ -121,13 +124,14 @@ def test_status_table() -> None:
         "router",
         "10",
         "running",
+        "up",
         "0",
         "1m15s",
         "2",
         "0.2s",
         "ago",
     ]
-    assert lines[2].split() == ["asr", "asr", "-", "backoff", "3", "-", "-", "-"]
+    assert lines[2].split() == ["asr", "asr", "-", "backoff", "restarting", "3", "-", "-", "-"]
     assert "supervisor pid 9" in lines[-1] and "http://h:1/" in lines[-1]
 
 
