@@ -17,7 +17,7 @@ from typing import Any
 
 from .report import Figure
 
-SCENARIO_MODULES = ("planes", "mesh_scenarios", "voice_scenarios")
+SCENARIO_MODULES = ("planes", "mesh_scenarios", "voice_scenarios", "faults", "soak")
 
 
 class Skip(Exception):
