@@ -1,4 +1,8 @@
-"""Turn-taking logic of the router, driven message by message with a recording outbox."""
+"""Turn-taking logic of the router, driven message by message with a recording outbox.
+
+Time is a FakeClock: a test advances it (``out.clock.advance(s)``) instead of sleeping, so
+interrupt_min_ms and hold_s are crossed exactly and cost no wall time.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from fakeclock import FakeClock
 
 from voxmesh.actors.router.responder import EchoResponder
 from voxmesh.actors.router.session import Session, State
@@ -31,7 +36,8 @@ from voxmesh.mesh.protocol import (
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = FakeClock() if clock is None else clock
         self.transport: list[Message] = []
         self.tts: list[Message] = []
         self.asr: list[AsrRequest] = []
@@ -51,7 +57,7 @@ class Recorder:
 
     async def wait_tts(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.tts_up.wait(), timeout_s)
+            await self.clock.wait_for(self.tts_up.wait(), timeout_s)
         return self.tts_up.is_set()
 
     def to_asr(self, msg: Message) -> None:
@@ -83,7 +89,7 @@ async def settle() -> None:
 def make(interrupt_ms: int = 50, hold_s: float = 3.0) -> tuple[TurnEngine, Recorder, Session]:
     out = Recorder()
     cfg = TurnConfig(interrupt_min_ms=interrupt_ms, hold_s=hold_s)
-    engine = TurnEngine(out, EchoResponder(), cfg)
+    engine = TurnEngine(out, EchoResponder(), cfg, clock=out.clock)
     return engine, out, Session("s", slot=0, generation=1, client="ws")
 
 
@@ -146,7 +152,9 @@ async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:
     assert isinstance(out.tts[0], Pause) and isinstance(out.transport[0], Hold)
     assert s.state == State.PAUSED
     epoch = s.epoch
-    await asyncio.sleep(0.08)
+    out.clock.advance(0.02)
+    assert s.state == State.PAUSED  # not before interrupt_min_ms
+    out.clock.advance(0.06)
     assert s.state == State.USER_SPEAKING
     assert [m.epoch for m in out.tts if isinstance(m, Stop)] == [epoch + 1]
     assert s.turn_start == 50000 - 3200  # ASR hears the new turn from 200 ms before its onset
@@ -174,7 +182,8 @@ async def test_false_interruption_resumes_once_asr_hears_no_words() -> None:
     assert any(isinstance(m, Resume) for m in out.tts)
     assert any(isinstance(m, Release) for m in out.transport)
     assert not any(isinstance(m, Stop) for m in out.tts)
-    await asyncio.sleep(0.25)  # the cancelled timer must not fire an interruption later
+    assert out.clock.pending() == 0  # the confirm timer was cancelled...
+    out.clock.advance(0.25)  # ...so it cannot fire an interruption later
     assert s.state == State.SPEAKING
 
 
@@ -243,7 +252,7 @@ async def test_partial_arriving_after_the_turn_ended_is_not_shown() -> None:
 
 async def test_partials_go_out_at_most_once_per_interval_and_not_during_a_pause() -> None:
     out = Recorder()
-    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600))
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600), clock=out.clock)
     s = Session("s", slot=0, generation=1, client="ws")
     engine.on_vad(s, vad("speech_start", 0))
     out.head = 16000
@@ -366,7 +375,10 @@ async def test_no_tts_actor_back_in_time_fails_the_reply_loudly() -> None:
     await settle()
     out.tts_up.clear()
     engine.tts_lost(s)
-    await asyncio.sleep(0.1)
+    await settle()  # the failover is waiting for a TTS actor
+    assert not [e for e in out.events if e["type"] == "error"]
+    out.clock.advance(0.1)  # past hold_s
+    await settle()
     errors = [e for e in out.events if e["type"] == "error"]
     assert [e["code"] for e in errors] == ["tts_lost"]
     stops = [m for m in out.transport if isinstance(m, Stop)]
@@ -382,7 +394,10 @@ async def test_a_say_while_no_tts_actor_is_up_waits_then_answers_unavailable() -
     engine, out, s = make(hold_s=0.05)
     out.tts_up.clear()
     engine.say(s, "Anyone there?", as_user=False)
-    await asyncio.sleep(0.1)
+    await settle()  # the reply is waiting for a TTS actor
+    assert not [e for e in out.events if e["type"] == "error"]
+    out.clock.advance(0.1)  # past hold_s
+    await settle()
     errors = [e for e in out.events if e["type"] == "error"]
     assert [e["code"] for e in errors] == ["unavailable"]  # retryable, never silence
     assert s.state == State.LISTENING
@@ -392,6 +407,9 @@ async def test_a_say_waits_for_a_tts_actor_that_comes_back_in_time() -> None:
     engine, out, s = make(hold_s=2.0)
     out.tts_up.clear()
     engine.say(s, "Anyone there?", as_user=False)
+    await settle()
+    assert out.tts == []
+    out.clock.advance(1.9)  # still within hold_s
     await settle()
     assert out.tts == []
     out.tts_up.set()

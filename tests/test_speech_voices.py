@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from typing import Any
+
 import numpy as np
 import pytest
 import soxr
@@ -100,10 +103,31 @@ def test_espeak_voice(asr: WhisperAsr) -> None:
     assert lead_ms(pcm) <= 6.0
     hyp = asr.transcribe(to_16k(pcm))
     assert word_error_rate("Please send me the report by Friday.", hyp) <= 0.35, hyp
-    # Dropping the generator (a barge-in) ends the espeak process.
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng not installed")
+def test_espeak_process_ends_when_the_reply_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A barge-in drops the generator after its first piece: no espeak-ng is left behind."""
+    from voxmesh.speech import espeak_voice
+
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(espeak_voice.subprocess, "Popen", spy)
+    voice = espeak_voice.EspeakVoice()
     gen = voice.synthesize("A long sentence we abandon after the first piece of audio.", first=True)
-    next(gen)
+    assert next(gen).size > 0
+    (proc,) = started
+    # ~3.5 s of audio is more than a pipe holds: espeak cannot have finished on its own.
+    assert proc.poll() is None
     gen.close()
+    assert proc.returncode is not None  # reaped by the close: no espeak-ng (or zombie) left
+    assert proc.returncode < 0  # ended by a signal: cut short, not left to run to the end
 
 
 def test_voices_share_the_protocol(piper: PiperSpeaker) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -319,16 +320,43 @@ def test_stop_drops_the_turn_and_fences_old_epochs() -> None:
     run(scenario())
 
 
-def test_stop_discards_a_synthesis_that_was_running() -> None:
+@dataclass
+class GatedVoice:
+    """The mock voice, except that a call for ``gated`` text blocks until the test opens
+    the gate: the test knows exactly when that synthesis is running, and ends it."""
+
+    gated: str
+    name: str = "gated"
+    inside: threading.Event = field(default_factory=threading.Event)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def synthesize(self, text: str, *, first: bool) -> Iterator[np.ndarray]:
+        if text == self.gated:
+            self.inside.set()
+            if not self.gate.wait(30):  # never hang the executor thread on a failed test
+                raise RuntimeError("the test never opened the gate")
+        yield from MockVoice().synthesize(text, first=first)
+
+
+def test_stop_discards_a_synthesis_that_was_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    voice = GatedVoice("Old turn.")
+    monkeypatch.setitem(ENGINES, "gated", lambda opts: Engine("gated", "gated", lambda n: voice))
+
     async def scenario() -> None:
         with ring_segment() as seg:
-            async with running_tts(seg, engine_options={"mock_delay_ms": 300}) as mesh:
+            async with running_tts(seg, engine="gated") as mesh:
                 ring = mesh.ring()
-                mesh.router.send(speak("Old turn.", epoch=1, utterance=1))
-                await wait_for(lambda: mesh.streamer.load() > 0, 5, "synthesis")
-                await asyncio.sleep(0.05)  # the mock is now inside its 300 ms call
-                mesh.router.send(Stop(session=SESSION, epoch=2))
-                mesh.router.send(speak("New.", epoch=2, utterance=2))
+                try:
+                    mesh.router.send(speak("Old turn.", epoch=1, utterance=1))
+                    await wait_for(voice.inside.is_set, 5, "the synthesis to start")
+                    mesh.router.send(Stop(session=SESSION, epoch=2))
+                    mesh.router.send(speak("New.", epoch=2, utterance=2))
+                    stream = mesh.streamer.sessions[SESSION]
+                    await wait_for(lambda: stream.speaks, 5, "the STOP and the new SPEAK")
+                    assert stream.epoch == 2 and stream.synthesizing is not None
+                    assert stream.synthesizing.utterance == 1  # still inside the old call
+                finally:
+                    voice.gate.set()  # the old call returns its audio, too late
                 frames = await read_frames(ring)
                 check_utterance(frames, 2, 2, "New.")
                 assert mesh.done(1) == []

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from voxmesh.mesh.actor import Actor
+from voxmesh.mesh.clock import LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.hub import Hub, Peer
 from voxmesh.mesh.protocol import (
@@ -97,7 +98,10 @@ class RouterActor(Actor):
         self.expected = list(expected or [])
         self.hold_s = hold_s
         self.sessions: dict[str, Session] = {}
-        self.engine = TurnEngine(self, responder, turn or TurnConfig(hold_s=hold_s))
+        # The real clock, on time.monotonic(): the base of the `now` _tick hands the engine.
+        self.engine = TurnEngine(
+            self, responder, turn or TurnConfig(hold_s=hold_s), clock=LoopClock()
+        )
         # name -> (state, since): "starting" until first READY, "up", then "restarting"/"lost"
         self.actor_states: dict[str, tuple[str, float]] = {
             n: ("starting", time.monotonic()) for n in self.expected

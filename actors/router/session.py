@@ -6,6 +6,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 
+from voxmesh.mesh.clock import Timer
 from voxmesh.mesh.protocol import AsrRequest, Speak
 
 
@@ -56,7 +57,7 @@ class Session:
     failover_task: asyncio.Task[None] | None = None  # re-sending a reply after a TTS died
     final_request: AsrRequest | None = None  # the final transcript asked for, not yet in
     onset_sample: int = 0  # where a barge-in began
-    confirm_timer: asyncio.TimerHandle | None = None
+    confirm_timer: Timer | None = None  # the engine's clock's call_later
     confirm_due: bool = False  # the interruption timer ran out during a speech pause
     burst_end: int | None = None  # a barge-in burst ended here: resume unless ASR hears words
     partial_inflight_since: float = 0.0

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from voxmesh.mesh.clock import Clock, LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.protocol import (
     AsrRequest,
@@ -87,10 +87,15 @@ class TtsUnavailable(Exception):
 
 
 class TurnEngine:
-    def __init__(self, out: Outbox, responder: Responder, cfg: TurnConfig) -> None:
+    def __init__(
+        self, out: Outbox, responder: Responder, cfg: TurnConfig, clock: Clock | None = None
+    ) -> None:
         self.out = out
         self.responder = responder
         self.cfg = cfg
+        # Every timestamp and timer here goes through it; the ``now`` that poll_partials and
+        # watchdog are given must be on the same timebase (LoopClock: time.monotonic()).
+        self.clock: Clock = LoopClock() if clock is None else clock
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -102,7 +107,7 @@ class TurnEngine:
     def _pause_output(self, s: Session) -> None:
         """PAUSE + HOLD at once: the transport stops within a frame and clears the client."""
         self.out.to_tts(s, Pause(session=s.id, epoch=s.epoch))
-        self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=time.monotonic()))
+        self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=self.clock.now()))
 
     def _stop_output(self, s: Session, reason: str = "interrupted") -> None:
         """Drop the reply: new epoch, so every older frame and message is dead."""
@@ -155,7 +160,7 @@ class TurnEngine:
             self._pause_output(s)
             s.onset_sample = ev.sample
             s.cancel_timer()
-            s.confirm_timer = asyncio.get_running_loop().call_later(
+            s.confirm_timer = self.clock.call_later(
                 self.cfg.interrupt_min_ms / 1000, self._confirm_due, s
             )
             s.last_partial_at = 0.0  # ASR may check the barge-in as soon as it has audio
@@ -196,7 +201,7 @@ class TurnEngine:
             # heard the burst: a short word and a pause ("Stop, wait...") is an interruption.
             s.burst_end = ev.sample
             if not s.partial_inflight_since:
-                self._request_partial(s, self._barge_in_start(s), ev.sample, time.monotonic())
+                self._request_partial(s, self._barge_in_start(s), ev.sample, self.clock.now())
         elif s.state == State.USER_SPEAKING:
             self._turn_ended(s, ev.sample)
 
@@ -329,8 +334,8 @@ class TurnEngine:
         reply = Reply(utterance=s.utterances, released=not held)
         s.reply = reply
         if held:
-            self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=time.monotonic()))
-        s.last_progress = time.monotonic()
+            self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=self.clock.now()))
+        s.last_progress = self.clock.now()
         history = list(s.history)  # before this turn's user text is appended
         s.reply_task = self.out.spawn(self._stream_reply(s, reply, text, verbatim, history))
 
@@ -408,7 +413,7 @@ class TurnEngine:
             return  # nothing it owed us (what it wrote is in the ring and plays on)
         if s.failover_task is not None:
             s.failover_task.cancel()
-        s.last_progress = time.monotonic()
+        s.last_progress = self.clock.now()
         s.failover_task = self.out.spawn(self._failover(s, reply))
 
     async def _failover(self, s: Session, reply: Reply) -> None:
@@ -422,7 +427,7 @@ class TurnEngine:
                     if s.epoch != epoch or s.reply is not reply:
                         return
                     await self._send_speak(s, dataclasses.replace(msg, first=False))
-                    s.last_progress = time.monotonic()
+                    s.last_progress = self.clock.now()
         except TtsUnavailable as exc:
             if s.epoch == epoch and s.reply is reply:
                 self.out.event(s, error_event(ErrorCode.TTS_LOST, str(exc)))
@@ -437,14 +442,14 @@ class TurnEngine:
         reply = s.reply
         if msg.epoch == s.epoch and reply is not None and msg.utterance == reply.utterance:
             reply.chunks_done = max(reply.chunks_done, msg.chunk + 1)
-            s.last_progress = time.monotonic()
+            s.last_progress = self.clock.now()
 
     def on_speak_done(self, s: Session, msg: SpeakDone) -> None:
         if msg.epoch != s.epoch or s.reply is None or msg.utterance != s.reply.utterance:
             return
         s.reply.samples = msg.samples
         s.reply.synthesized = True
-        s.last_progress = time.monotonic()
+        s.last_progress = self.clock.now()
         if msg.error:
             self.out.event(s, error_event(ErrorCode.TTS_FAILED, msg.error))
             self.recover(s, reason="failed")
@@ -452,7 +457,7 @@ class TurnEngine:
     def on_playback_started(self, s: Session, msg: PlaybackStarted) -> None:
         if msg.epoch != s.epoch:
             return
-        s.last_progress = time.monotonic()
+        s.last_progress = self.clock.now()
         if s.state == State.THINKING:
             self._set_state(s, State.SPEAKING)
 
