@@ -25,6 +25,9 @@ RCVHWM = 10_000
 # the message is ever buffered (a 16 MiB frame must not cost us 16 MiB).
 MAX_FRAME_BYTES = MAX_BODY_BYTES + 1024
 RECV_BATCH = 1000  # messages handled per wake-up before other work gets the loop
+# A DEALER retries a lost connection this often (ZeroMQ's default is 100 ms): a restarted
+# router is bound within ~0.3 s, and every peer should be back on it at once.
+RECONNECT_IVL_MS = 10
 
 
 def configure(sock: zmq.Socket[bytes]) -> None:
@@ -32,6 +35,7 @@ def configure(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
 
 
 class Readable:
