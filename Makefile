@@ -38,10 +38,10 @@ test: dev livekit lint
 	$(PYTHON) -m pytest tests
 
 lint: dev
-	@echo "lint: ruff + mypy (strict on mesh/)"
+	@echo "lint: ruff + mypy (strict on mesh/ and cli/)"
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
-	$(PYTHON) -m mypy mesh
+	$(PYTHON) -m mypy mesh cli
 
 bench: dev
 	voxmesh bench

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from voxmesh.cli import CliError, build_parser, load_config, up_config
+from voxmesh.cli import CliError, load_config
+from voxmesh.cli.up import parse_up, up_config
 from voxmesh.supervisor import config
 from voxmesh.supervisor.config import ConfigError
 
@@ -116,9 +117,7 @@ def test_cli_flags_override_everything(tmp_path: Path, monkeypatch: pytest.Monke
     path = write(tmp_path, '[server]\nport = 9001\n[tts]\nengine = "espeak"\n')
     monkeypatch.setenv("VOXMESH_SERVER_PORT", "9002")
     monkeypatch.setenv("VOXMESH_TTS_ENGINE", "piper")
-    args = build_parser("up").parse_args(
-        ["up", "--config", str(path), "--port", "9003", "--tts", "mock"]
-    )
+    args = parse_up(["--config", str(path), "--port", "9003", "--tts", "mock"])
     cfg = load_config(args, tts={"engine": args.tts})
     assert cfg["server"]["port"] == 9003
     assert cfg["tts"]["engine"] == "mock"
@@ -198,9 +197,9 @@ def test_up_refuses_a_reachable_server_without_a_token(tmp_path: Path) -> None:
 def test_allow_unauthenticated_flag_and_setting(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nhost = "0.0.0.0"\n')
     with pytest.raises(CliError) as refused:
-        up_config(build_parser("up").parse_args(["up", "--config", str(path)]))
+        up_config(parse_up(["--config", str(path)]))
     assert refused.value.code == 2
-    args = build_parser("up").parse_args(["up", "--config", str(path), "--allow-unauthenticated"])
+    args = parse_up(["--config", str(path), "--allow-unauthenticated"])
     assert up_config(args)["server"]["allow_unauthenticated"] is True
     allowed = write(tmp_path, '[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n')
-    up_config(build_parser("up").parse_args(["up", "--config", str(allowed)]))
+    up_config(parse_up(["--config", str(allowed)]))

@@ -6,6 +6,8 @@ real-time schedule (``--fast``: 8x real time). After the file the microphone kee
 silence, as a real one would, until the mesh has answered: every reply that started has
 ended and the router is listening again (or ``--timeout`` runs out, exit 1 with what was
 heard so far). Every reply frame received is written to OUT.wav (48 kHz mono 16-bit).
+A file it cannot use, or an ``-o``/``--events`` path it cannot write, is exit 2 before
+anything is sent.
 
 ``--events FILE.jsonl`` writes one JSON object per line: every server event with ``t``
 (seconds since the client started connecting) and ``t_mono`` (``time.monotonic()``,
@@ -15,15 +17,15 @@ comparable with the server's own stamps on one host), plus the client's own mark
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from voxmesh.cli import CliError, add_config_arguments
-from voxmesh.cli_say import fail_on_error, mesh_session
+import click
+
+from .common import CliError, MeshOptions, mesh_options, output_file
+from .session import fail_on_error, mesh_session, write_reply
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,48 +35,80 @@ if TYPE_CHECKING:
 FAST_SPEED = 8.0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, metavar="IN.wav", help="16-bit PCM WAV to send")
-    parser.add_argument(
-        "-o", "--output", required=True, type=Path, metavar="OUT.wav", help="WAV file to write"
-    )
-    parser.add_argument(
-        "--fast", action="store_true", help=f"send {FAST_SPEED:g}x faster than real time"
-    )
-    parser.add_argument(
-        "--events", type=Path, metavar="FILE.jsonl", help="write the event log (JSON lines)"
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="seconds to wait for the reply after the file has been sent (30)",
-    )
-    add_config_arguments(parser)
+@dataclass(frozen=True, kw_only=True)
+class TalkOptions(MeshOptions):
+    output: Path
+    fast: bool = False
+    events: Path | None = None
+    timeout: float = 30.0
 
 
-def run(args: argparse.Namespace) -> int:
+@click.command("talk", help="send a WAV file as the microphone, record the reply")
+@click.argument("wav", type=click.Path(path_type=Path), metavar="IN.wav")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    callback=output_file,
+    metavar="OUT.wav",
+    help="WAV file to write",
+)
+@click.option("--fast", is_flag=True, help=f"send {FAST_SPEED:g}x faster than real time")
+@click.option(
+    "--events",
+    type=click.Path(path_type=Path),
+    callback=output_file,
+    metavar="FILE.jsonl",
+    help="write the event log (JSON lines)",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    metavar="S",
+    help="seconds to wait for the reply after the file has been sent (30)",
+)
+@mesh_options
+def talk(
+    wav: Path,
+    output: Path,
+    fast: bool,
+    events: Path | None,
+    timeout: float,
+    config: str | None,
+    port: int | None,
+) -> int:
+    import asyncio
+
     from voxmesh.client import MAX_RATE, MIN_RATE, WavError, read_wav
 
     try:
-        pcm, rate = read_wav(args.input)
+        pcm, rate = read_wav(wav)
     except WavError as exc:
         raise CliError(str(exc), code=2) from None
     if not MIN_RATE <= rate <= MAX_RATE:
-        raise CliError(f"{args.input} is sampled at {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz needed", 2)
+        raise CliError(f"{wav} is sampled at {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz needed", 2)
     if pcm.size == 0:
-        raise CliError(f"{args.input} holds no audio", code=2)
-    return asyncio.run(_talk(args, pcm, rate))
+        raise CliError(f"{wav} holds no audio", code=2)
+    options = TalkOptions(
+        config=config,
+        port=port,
+        output=output,
+        fast=fast,
+        events=events,
+        timeout=timeout,
+    )
+    return asyncio.run(_talk(options, pcm, rate))
 
 
-async def _talk(args: argparse.Namespace, pcm: np.ndarray, rate: int) -> int:
-    from voxmesh.client import MicStream, write_wav
+async def _talk(options: TalkOptions, pcm: np.ndarray, rate: int) -> int:
+    from voxmesh.client import MicStream
 
     t0 = time.monotonic()
-    async with mesh_session(args, sample_rate=rate) as client:
+    async with mesh_session(options, sample_rate=rate) as client:
         marks: list[tuple[float, dict[str, Any]]] = []
-        speed = FAST_SPEED if args.fast else 1.0
+        speed = FAST_SPEED if options.fast else 1.0
         async with MicStream(client, rate, speed=speed) as mic:
             end = mic.queue(pcm)
             await mic.wait_sent(end, timeout=pcm.size / rate / speed + 30)
@@ -82,26 +116,26 @@ async def _talk(args: argparse.Namespace, pcm: np.ndarray, rate: int) -> int:
             marks.append((t_mic_end, {"type": "client.mic_end", "samples": end}))
             try:
                 await client.wait_until(
-                    lambda: _answered(client), args.timeout, "the reply", poll_s=0.05
+                    lambda: _answered(client), options.timeout, "the reply", poll_s=0.05
                 )
                 failure = None
             except TimeoutError:
-                failure = _what_is_missing(client, args.timeout)
+                failure = _what_is_missing(client, options.timeout)
         reply = client.frames
         if reply:
             marks.append((reply[0].t, {"type": "client.first_frame"}))
-        if args.events:
-            _write_events(args.events, client, marks, t0)
+        if options.events:
+            _write_events(options.events, client, marks, t0)
         if failure:
             raise CliError(failure)
         fail_on_error(client)
-        duration = write_wav(args.output, client.audio())
+        duration = write_reply(options.output, client)
     for text in _texts(client, "transcript"):
         print(f"heard: {text}")
     for text in _texts(client, "reply"):
         print(f"reply: {text}")
     after = f"; first reply audio at {(reply[0].t - t_mic_end) * 1000:+.0f} ms from the file's end"
-    print(f"wrote {args.output}: {duration:.2f} s of audio{after if reply else ''}")
+    print(f"wrote {options.output}: {duration:.2f} s of audio{after if reply else ''}")
     return 0
 
 
@@ -138,8 +172,13 @@ def _texts(client: WsClient, kind: str) -> list[str]:
 def _write_events(
     path: Path, client: WsClient, marks: list[tuple[float, dict[str, Any]]], t0: float
 ) -> None:
+    import json
+
     rows = [(e.t, e.data) for e in client.events] + marks
     rows.sort(key=lambda row: row[0])
-    with path.open("w") as f:
-        for t, data in rows:
-            f.write(json.dumps({"t": round(t - t0, 6), "t_mono": t, **data}) + "\n")
+    try:
+        with path.open("w") as f:
+            for t, data in rows:
+                f.write(json.dumps({"t": round(t - t0, 6), "t_mono": t, **data}) + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,99 @@
+"""``voxmesh bench``: run the scenarios, write JSON + PNG per figure and SUMMARY.md.
+
+    voxmesh bench [--quick] [--only planes,fal] [--out DIR] [--sessions 1,4,16] [--tts mock]
+
+The scenarios, their registry and the report writers live in ``voxmesh.bench``; this is only
+the command line (``python -m voxmesh.bench.cli`` runs the same command standalone).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .common import CliError
+
+DEFAULT_OUT = Path("bench/results")
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _split_names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
+    return _names(value) if value is not None else []
+
+
+def _split_ints(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int]:
+    if value is None:
+        return []
+    try:
+        counts = [int(n) for n in _names(value)]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 1,4,16, got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("session counts must be positive")
+    return counts
+
+
+@click.command("bench", help="run the benchmarks (latency, jitter, scale)")
+@click.option("--quick", is_flag=True, help="a small version of every scenario (< 2 minutes)")
+@click.option(
+    "--only", metavar="SCENARIO[,..]", callback=_split_names, help="run only these scenarios"
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    metavar="DIR",
+    help=f"default {DEFAULT_OUT}",
+)
+@click.option(
+    "--sessions",
+    metavar="1,4,16,...",
+    callback=_split_ints,
+    help="session counts to run (default: each scenario's own ladder)",
+)
+@click.option(
+    "--tts",
+    type=click.Choice(("mock", "piper")),
+    default=None,
+    help="TTS engine for the mesh scenarios that take one (default: each scenario's own)",
+)
+@click.option("--list", "list_only", is_flag=True, help="list the scenarios and exit")
+def bench(
+    quick: bool,
+    only: list[str],
+    out: Path,
+    sessions: list[int],
+    tts: str | None,
+    list_only: bool,
+) -> int:
+    from voxmesh.bench import registry
+    from voxmesh.bench.report import write_json, write_png, write_summary
+
+    known = registry.load_all()
+    if list_only:
+        for name, sc in known.items():
+            print(f"{name:10s} {sc.title}")
+        return 0
+    names = only or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise CliError(f"unknown scenario(s) {unknown}; known: {list(known)}", code=2)
+    ctx = registry.BenchContext(quick=quick, out=out, sessions=sessions or None, tts=tts or "")
+    t0 = time.monotonic()
+    outcome = registry.run(names, ctx)
+    for fig in outcome.figures:
+        write_json(fig, out)
+        write_png(fig, out)
+    mode = "quick" if quick else "full"
+    summary = write_summary(
+        outcome.figures, out, skipped=outcome.skipped, notes=outcome.notes, mode=mode
+    )
+    print(summary.read_text(encoding="utf-8"))
+    print(f"wrote {len(outcome.figures)} figures to {out} in {time.monotonic() - t0:.0f} s")
+    failed = [name for name, why in outcome.skipped if why.startswith("failed")]
+    return 1 if failed else 0

@@ -1,0 +1,103 @@
+"""``voxmesh up``: start the whole mesh and serve until Ctrl-C (and ``up_config``, the config
+it runs with, refused before anything binds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from .common import CliError, MeshOptions, load_config, mesh_options
+
+TTS_ENGINES = ("mock", "piper", "espeak")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpOptions(MeshOptions):
+    tts: str | None = None
+    livekit: bool = False
+    allow_unauthenticated: bool = False
+
+
+@click.command(
+    "up",
+    help="Start the supervisor and every actor (router, transport, vad, asr, one TTS actor per "
+    "GPU or one on the CPU), print where to connect, and serve until SIGINT/SIGTERM; then stop "
+    "everything and clean up (exit code 0).",
+)
+@mesh_options
+@click.option(
+    "--tts", type=click.Choice(TTS_ENGINES), help="TTS engine (default: tts.engine, piper)"
+)
+@click.option(
+    "--livekit",
+    is_flag=True,
+    help="also serve LiveKit clients, starting livekit-server unless livekit.url is set",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="serve a non-loopback server.host without server.auth_token "
+    "(server.allow_unauthenticated)",
+)
+def up(
+    config: str | None,
+    port: int | None,
+    tts: str | None,
+    livekit: bool,
+    allow_unauthenticated: bool,
+) -> int:
+    options = UpOptions(
+        config=config,
+        port=port,
+        tts=tts,
+        livekit=livekit,
+        allow_unauthenticated=allow_unauthenticated,
+    )
+    return run_up(options)
+
+
+def parse_up(argv: Sequence[str]) -> UpOptions:
+    """The options ``voxmesh up ARGV`` would run with (parsed by click, nothing started)."""
+    with up.make_context("voxmesh up", list(argv)) as ctx:
+        return UpOptions(**ctx.params)
+
+
+def up_config(options: UpOptions) -> dict[str, Any]:
+    """The config ``voxmesh up`` runs with, checked before anything binds (CliError, 2)."""
+    from voxmesh.supervisor.config import ConfigError, check_exposure
+
+    config = load_config(
+        options,
+        tts={"engine": options.tts} if options.tts else {},
+        server={"allow_unauthenticated": True} if options.allow_unauthenticated else {},
+    )
+    try:
+        check_exposure(config)
+    except ConfigError as exc:
+        raise CliError(str(exc), code=2) from None
+    return config
+
+
+def run_up(options: UpOptions) -> int:
+    import logging
+    import os
+
+    from voxmesh.supervisor.services import ServiceUnavailable, load_service
+    from voxmesh.supervisor.supervisor import Supervisor
+
+    config = up_config(options)
+    logging.basicConfig(
+        level=getattr(logging, os.environ.get("VOXMESH_LOG_LEVEL", "INFO").upper(), logging.INFO),
+        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    services = []
+    if options.livekit:
+        try:
+            services.append(load_service("livekit", config))
+        except ServiceUnavailable as exc:
+            raise CliError(f"--livekit: {exc}", code=2) from None
+    code: int = Supervisor(config, services=services).run()
+    return code
