@@ -93,12 +93,14 @@ class AsrActor(Actor):
         self._wake = asyncio.Event()
         self.busy = False
 
-    async def on_start(self) -> None:
+    async def prepare(self) -> None:
         log.info("%s: loading Whisper tiny.en", self.name)
         self.asr = await asyncio.to_thread(
             WhisperAsr, self.model_path, cpu_threads=self.threads, pad_s=self.window_pad_s
         )
         await asyncio.to_thread(self.asr.warmup)
+
+    async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
         self.spawn(self._read_loop())
         self.spawn(self._work_loop())

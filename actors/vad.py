@@ -61,9 +61,11 @@ class VadActor(Actor):
         self.vad: SileroVad | None = None
         self.segment: RingSegment | None = None
 
-    async def on_start(self) -> None:
+    async def prepare(self) -> None:
         log.info("%s: loading Silero VAD", self.name)
         self.vad = SileroVad(self.model_path)
+
+    async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
         self.spawn(self._read_loop())
 

@@ -64,8 +64,12 @@ class Actor:
 
     # --- hooks for subclasses ---------------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Load what takes long (models) without claiming anything shared (no socket bound,
+        no ring attached): a warm standby runs this long before it is promoted."""
+
     async def on_start(self) -> None:
-        """Load models, bind servers... Ready is announced after this returns."""
+        """Bind servers, attach rings... Ready is announced after this returns."""
 
     async def on_stop(self) -> None:
         """Release what on_start took."""
@@ -168,14 +172,15 @@ class Actor:
     async def run(self, wait_to_join: Awaitable[bool] | None = None) -> None:
         """Start, announce, serve until stop(), then shut down cleanly.
 
-        A warm standby passes ``wait_to_join``: it loads its models (``on_start``) and then
-        waits for it before it connects; False means it will not be needed: stop."""
+        A warm standby passes ``wait_to_join``: it loads its models (``prepare``) and then
+        waits for it before it starts; False means it will not be needed: stop."""
         self._stop = asyncio.Event()
         try:
-            await self.on_start()
-            self.started = True
+            await self.prepare()
             if wait_to_join is not None and not await wait_to_join:
                 return
+            await self.on_start()
+            self.started = True
             for which, endpoint in (
                 ("router", self.router_endpoint),
                 ("supervisor", self.supervisor_endpoint),

@@ -114,6 +114,10 @@ class Hub:
             self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full): drop, count
             log_drop(self.counters, "send_failed", f"{what} to {identity!r}: {exc}")
+            if exc.errno == zmq.EHOSTUNREACH:
+                # No connection under that identity any more: the peer is gone, now rather
+                # than after missed heartbeats. Told from the loop, not inside a send.
+                self._readable.loop.call_soon(self._unreachable, identity)
             return False
         finally:
             self._readable.kick()
@@ -124,6 +128,14 @@ class Hub:
         for peer in list(self.peers.values()):
             if kind is None or peer.kind == kind:
                 self.send_frames(peer.name, frames, type(msg).__name__)
+
+    def _unreachable(self, identity: bytes) -> None:
+        name = self._names.get(identity)
+        peer = self.peers.get(name) if name is not None else None
+        if peer is not None and peer.identity == identity:
+            log.warning("peer %s (pid %d) disconnected", peer.name, peer.pid)
+            self.forget(peer.name)
+            self._on_lost(peer)
 
     def forget(self, name: str) -> Peer | None:
         """Drop the peer called ``name`` (it is gone); its socket identity becomes a stranger."""

@@ -48,10 +48,10 @@ class Readable:
     def __init__(self, sock: zmq.Socket[bytes], drain: Callable[[], None]) -> None:
         self._sock = sock
         self._drain = drain
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._fd = int(sock.getsockopt(zmq.FD))
         self._kicked = False
-        self._loop.add_reader(self._fd, self._on_ready)
+        self.loop.add_reader(self._fd, self._on_ready)
         self.kick()
 
     def _on_ready(self) -> None:
@@ -61,10 +61,10 @@ class Readable:
     def kick(self) -> None:
         if not self._kicked:
             self._kicked = True
-            self._loop.call_soon(self._on_ready)
+            self.loop.call_soon(self._on_ready)
 
     def close(self) -> None:
-        self._loop.remove_reader(self._fd)
+        self.loop.remove_reader(self._fd)
 
 
 def recv_all(sock: zmq.Socket[bytes], limit: int = RECV_BATCH) -> list[list[bytes]]:

@@ -177,7 +177,10 @@ class RouterActor(Actor):
         if session.tts is None:
             self.counters.bump("no_tts")
             return False
-        return self._send(session.tts, msg)
+        if self._send(session.tts, msg):
+            return True
+        session.tts = None  # gone (its send failed): pick again next time
+        return False
 
     def event(self, session: Session, event: dict[str, Any]) -> None:
         self._send("transport", ClientEvent(session=session.id, event=event))

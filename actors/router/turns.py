@@ -397,11 +397,16 @@ class TurnEngine:
 
     async def _send_speak(self, s: Session, msg: Speak) -> None:
         """SPEAK to the session's TTS actor, waiting (up to hold_s) for one to be up."""
-        for _ in range(2):  # the actor picked may vanish between the wait and the send
-            if self.out.to_tts(s, msg):
-                return
-            if not await self.out.wait_tts(self.cfg.hold_s):
+        deadline = self.clock.now() + self.cfg.hold_s
+        while not self.out.to_tts(s, msg):
+            # The one picked may have died a moment ago (its send failed): the hub forgets
+            # it on the next turn of the loop, so let that run before looking again.
+            await asyncio.sleep(0)
+            left = deadline - self.clock.now()
+            if left <= 0 or not await self.out.wait_tts(left):
                 break
+        else:
+            return
         raise TtsUnavailable(f"no TTS actor came back within {self.cfg.hold_s:g} s")
 
     # --- TTS failover ----------------------------------------------------------------------

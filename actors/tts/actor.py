@@ -77,9 +77,11 @@ class TtsActor(Actor):
         self.segment: RingSegment | None = None
         self.streamer: Streamer | None = None
 
+    async def prepare(self) -> None:
+        await self.models.start()  # the default voice and the preload list, warmed up
+
     async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
-        await self.models.start()
         self.streamer = Streamer(
             self.segment,
             self.models,
