@@ -37,11 +37,17 @@ $(BIN)/livekit-server:
 test: dev livekit lint
 	$(PYTHON) -m pytest tests
 
+# mypy must see the tree as the package voxmesh (the repo root is the package): a link
+# named voxmesh in a temp dir gives it that name without an install.
+MYPY_PACKAGES := -p voxmesh.mesh -p voxmesh.supervisor -p voxmesh.actors -p voxmesh.cli
+
 lint: dev
-	@echo "lint: ruff + mypy (strict on mesh/ and cli/)"
+	@echo "lint: ruff + mypy (strict on mesh/, supervisor/, actors/, cli/)"
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
-	$(PYTHON) -m mypy mesh cli
+	@d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/voxmesh" && \
+	  MYPYPATH="$$d" $(PYTHON) -m mypy --config-file pyproject.toml $(MYPY_PACKAGES); \
+	  rc=$$?; rm -rf "$$d"; exit $$rc
 
 bench: dev
 	voxmesh bench

@@ -28,7 +28,7 @@ import json
 import time
 import wave
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -499,6 +499,24 @@ class MicStream:
                 deadline += packet.size / self.rate / self.speed
             else:
                 await asyncio.sleep(0)  # let the reader run between packets
+
+
+@contextlib.asynccontextmanager
+async def streaming_session(
+    url: str, rate: int = 16000, *, player: bool = True
+) -> AsyncIterator[WsClient]:
+    """A session whose microphone streams silence for as long as it is open."""
+    client = await WsClient.connect(url, sample_rate=rate, player=player)
+    try:
+        mic = MicStream(client, rate)
+        mic.start()
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):  # the socket may have died under it
+                await mic.stop()
+    finally:
+        await client.close()
 
 
 # --- WAV files --------------------------------------------------------------------------------

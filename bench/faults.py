@@ -29,14 +29,14 @@ import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 
-from voxmesh.client import MicStream, WsClient
+from voxmesh.client import WsClient, streaming_session
 
 from .mesh import Mesh, http_get, pool
 from .registry import BenchContext, Outcome, scenario
@@ -109,18 +109,9 @@ async def say_to_end(client: WsClient, text: str, log: list[Say]) -> Say:
     return said
 
 
-@contextlib.asynccontextmanager
-async def streaming(url: str) -> AsyncIterator[WsClient]:
+def streaming(url: str) -> contextlib.AbstractAsyncContextManager[WsClient]:
     """A session whose microphone streams silence while it is open."""
-    client = await WsClient.connect(url, sample_rate=MIC_RATE, player=False)
-    mic = MicStream(client, MIC_RATE)
-    mic.start()
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(Exception):  # the socket may have died under it
-            await mic.stop()
-        await client.close()
+    return streaming_session(url, MIC_RATE, player=False)
 
 
 class Talker:

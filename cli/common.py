@@ -72,6 +72,19 @@ def running_mesh(options: MeshOptions) -> dict[str, Any]:
     return state
 
 
+def wav_output(fn: FC) -> FC:
+    """The ``-o/--output OUT.wav`` option of a command that records audio."""
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(path_type=Path),
+        callback=output_file,
+        metavar="OUT.wav",
+        help="WAV file to write",
+    )(fn)
+
+
 def output_file(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """The callback of an option naming a file the command will write: its directory must
     exist and be writable and it must not be a directory, so that a typo fails at once,

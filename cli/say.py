@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .common import CliError, MeshOptions, mesh_options, output_file
+from .common import CliError, MeshOptions, mesh_options, wav_output
 from .session import fail_on_error, is_error, mesh_session, write_reply
 
 
@@ -27,15 +27,7 @@ class SayOptions(MeshOptions):
 
 @click.command("say", help="speak TEXT through the running mesh into a WAV file")
 @click.argument("text", metavar="TEXT")
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    callback=output_file,
-    metavar="OUT.wav",
-    help="WAV file to write",
-)
+@wav_output
 @click.option(
     "--timeout",
     type=float,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import CliError, MeshOptions, mesh_options, output_file
+from .common import CliError, MeshOptions, mesh_options, output_file, wav_output
 from .session import fail_on_error, mesh_session, write_reply
 
 if TYPE_CHECKING:
@@ -45,15 +45,7 @@ class TalkOptions(MeshOptions):
 
 @click.command("talk", help="send a WAV file as the microphone, record the reply")
 @click.argument("wav", type=click.Path(path_type=Path), metavar="IN.wav")
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    callback=output_file,
-    metavar="OUT.wav",
-    help="WAV file to write",
-)
+@wav_output
 @click.option("--fast", is_flag=True, help=f"send {FAST_SPEED:g}x faster than real time")
 @click.option(
     "--events",

@@ -74,6 +74,14 @@ class ErrorCode(enum.StrEnum):
     def retryable(self) -> bool:
         return self is ErrorCode.UNAVAILABLE
 
+    @classmethod
+    def of(cls, value: str) -> ErrorCode:
+        """The code whose value is ``value``; ValueError for anything else."""
+        for code in cls:
+            if code.value == value:
+                return code
+        raise ValueError(f"{value!r} is not an error code")
+
 
 def error_event(code: ErrorCode, message: str) -> dict[str, Any]:
     """The client event for ``code``."""

@@ -74,7 +74,7 @@ def load_factory(kind: str) -> Callable[[ActorSpec], Any]:
 
 async def promoted() -> bool:
     """A standby's wait: True once the supervisor writes ``go``, False at end of input."""
-    line = await asyncio.to_thread(sys.stdin.readline)
+    line: str = await asyncio.to_thread(sys.stdin.readline)
     return line.strip() == "go"
 
 

@@ -146,6 +146,23 @@ class ManagedProcess:
             return None
         return (used - mark[1]) / (now - mark[0])
 
+    def busy(self, now: float, share: float) -> tuple[bool, str]:
+        """Is a silent actor working (or waiting for a CPU or a disk) rather than hung?
+
+        Busy: it used ``share`` of a core since the last sample, or it is runnable or in
+        an uninterruptible wait right now (a starved actor gets little CPU, but it is ready
+        to run). Hung: stopped, or asleep without using the CPU (a deadlock)."""
+        rate = self.cpu_rate(now)
+        try:
+            status = psutil.Process(self.proc.pid).status() if self.proc else "gone"
+        except psutil.Error:
+            status = "gone"
+        if status in (psutil.STATUS_RUNNING, psutil.STATUS_DISK_SLEEP):
+            return True, f"{status}, {100 * (rate or 0):.0f}% of a core"
+        if rate is not None and rate >= share:
+            return True, f"{100 * rate:.0f}% of a core"
+        return False, f"{status}, {100 * (rate or 0):.0f}% of a core"
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

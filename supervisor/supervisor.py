@@ -349,6 +349,10 @@ class Supervisor:
         if self._announced or not all(p.state is State.RUNNING for p in self.procs):
             return
         self._announced = True
+        # Spares load only now: while the mesh starts they would take its CPU.
+        for proc in self.procs:
+            if proc.name in self._standby_names:
+                proc.spawn_standby()
         self._say(
             f"voxmesh is up in {now - self._t0:.1f} s: open {self.url}  "
             f"(WebSocket {self.ws_url}); Ctrl-C stops it"
@@ -368,7 +372,7 @@ class Supervisor:
             return  # a client (voxmesh status) or a late READY from a replaced process
         proc.state = State.RUNNING
         proc.ready_at = time.monotonic()
-        if proc.name in self._standby_names:
+        if self._announced and proc.name in self._standby_names:
             proc.spawn_standby()  # the spare for its next failure
         if proc.restarts:
             took = proc.ready_at - proc.failed_at
@@ -382,16 +386,17 @@ class Supervisor:
             return
         if peer.liveness <= 0:  # silent, not a GOODBYE (an exit is seen by poll())
             now = time.monotonic()
-            rate = proc.cpu_rate(now)
-            if rate is not None and rate >= BUSY_SHARE:
+            busy, what = proc.busy(now, BUSY_SHARE)
+            if busy:
                 log.warning(
-                    "%s stopped heartbeating while busy (%.0f%% of a core): waiting up to %g s",
+                    "%s stopped heartbeating while busy (%s): waiting up to %g s",
                     proc.name,
-                    rate * 100,
+                    what,
                     STARVED_GRACE_S,
                 )
                 proc.starved_since = now
             else:
+                log.warning("%s stopped heartbeating (%s)", proc.name, what)
                 self._restart(proc, now, "stopped heartbeating")
 
     def _on_message(self, peer: Peer, msg: Message) -> None:

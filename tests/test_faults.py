@@ -28,7 +28,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,10 @@ from typing import Any
 import aiohttp
 import pytest
 from meshproc import MeshError, MeshProc, mesh_up, pid_running, wait_for
-from wsclient import FRAME_BYTES, MicStream, WsClient
+from wsclient import FRAME_BYTES, WsClient
 
 from voxmesh.actors.tts.adapters import mock_samples
+from voxmesh.client import streaming_session
 
 ACTORS = ("router", "transport", "vad", "asr", "tts0")
 HEALTH_STATES = {"up", "starting", "restarting", "lost"}
@@ -131,20 +132,9 @@ async def say(
 # --- sessions ---------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def streaming(url: str) -> AsyncIterator[WsClient]:
+def streaming(url: str) -> contextlib.AbstractAsyncContextManager[WsClient]:
     """A session whose microphone streams silence for as long as it is open."""
-    client = await WsClient.connect(url, sample_rate=MIC_RATE)
-    try:
-        mic = MicStream(client, MIC_RATE)
-        mic.start()
-        try:
-            yield client
-        finally:
-            with contextlib.suppress(Exception):  # the socket may have died under it
-                await mic.stop()
-    finally:
-        await client.close()
+    return streaming_session(url, MIC_RATE)
 
 
 async def open_sessions(stack: contextlib.AsyncExitStack, url: str, n: int) -> list[WsClient]:

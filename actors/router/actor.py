@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -161,7 +162,7 @@ class RouterActor(Actor):
         self._expire_early(now)
         for s in list(self.sessions.values()):
             self.engine.poll_partials(s, now)
-            self.engine.watchdog(s, now, lambda s=s: self._out_mark(s))
+            self.engine.watchdog(s, now, functools.partial(self._out_mark, s))
 
     # --- Outbox for the turn engine --------------------------------------------------------
 

@@ -127,6 +127,7 @@ class TransportActor(Actor):
                 lk.api_secret,
                 public_url=lk.public_url or None,
             )
+            await self.bridge.warm_up()
         try:
             await self.server.start()
         except BaseException:

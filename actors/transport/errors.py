@@ -21,7 +21,7 @@ class ClientError(Exception):
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code = ErrorCode(code)  # a plain string that is no code fails here, loudly
+        self.code = ErrorCode.of(code)  # a plain string that is no code fails here, loudly
         self.message = message
 
     def event(self) -> dict[str, Any]:

@@ -136,6 +136,13 @@ class LiveKitBridge:
             raise
         return {"url": self.public_url, "token": self.token(user, room), "room": room}
 
+    async def warm_up(self) -> None:
+        """Load the WebRTC engine now, before the actor serves: it is a large native
+        library loaded on first use, and loading it then blocked the event loop (in disk
+        waits) for more than the heartbeat liveness on a busy box."""
+        source = rtc.AudioSource(OUT_RATE, 1)
+        await source.aclose()
+
     async def aclose(self) -> None:
         self._closed = True
         await asyncio.gather(*(a.close() for a in list(self._agents)), return_exceptions=True)
