@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -45,6 +45,7 @@ class Recorder:
         self.head = 0
         self.tts_up = asyncio.Event()
         self.tts_up.set()
+        self.tts_process = 1  # a TTS actor that dies comes back as a new process
 
     def to_transport(self, msg: Message) -> None:
         self.transport.append(msg)
@@ -54,6 +55,16 @@ class Recorder:
             return False
         self.tts.append(msg)
         return True
+
+    def tts_dies(self) -> None:
+        self.tts_up.clear()
+        self.tts_process += 1
+
+    def tts_serving(self, session: Session) -> str:
+        return f"tts0/{self.tts_process}" if self.tts_up.is_set() else ""
+
+    def tts_alive(self, process: str) -> bool:
+        return self.tts_up.is_set() and process == f"tts0/{self.tts_process}"
 
     async def wait_tts(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -341,7 +352,7 @@ async def test_a_dead_tts_actors_unwritten_chunks_go_to_the_next_one() -> None:
     utt = sent[0].utterance
     engine.on_speak_progress(s, SpeakProgress(session="s", epoch=s.epoch, utterance=utt, chunk=0))
     out.tts.clear()
-    out.tts_up.clear()  # tts0 died; nobody is up for a moment
+    out.tts_dies()  # tts0 died; nobody is up for a moment
     engine.tts_lost(s)
     await settle()
     assert out.tts == []  # waiting for a TTS actor, not failing
@@ -373,7 +384,7 @@ async def test_no_tts_actor_back_in_time_fails_the_reply_loudly() -> None:
     engine, out, s = make(hold_s=0.05)
     engine.say(s, THREE, as_user=False)
     await settle()
-    out.tts_up.clear()
+    out.tts_dies()
     engine.tts_lost(s)
     await settle()  # the failover is waiting for a TTS actor
     assert not [e for e in out.events if e["type"] == "error"]
@@ -392,7 +403,7 @@ async def test_no_tts_actor_back_in_time_fails_the_reply_loudly() -> None:
 
 async def test_a_say_while_no_tts_actor_is_up_waits_then_answers_unavailable() -> None:
     engine, out, s = make(hold_s=0.05)
-    out.tts_up.clear()
+    out.tts_dies()
     engine.say(s, "Anyone there?", as_user=False)
     await settle()  # the reply is waiting for a TTS actor
     assert not [e for e in out.events if e["type"] == "error"]
@@ -405,7 +416,7 @@ async def test_a_say_while_no_tts_actor_is_up_waits_then_answers_unavailable() -
 
 async def test_a_say_waits_for_a_tts_actor_that_comes_back_in_time() -> None:
     engine, out, s = make(hold_s=2.0)
-    out.tts_up.clear()
+    out.tts_dies()
     engine.say(s, "Anyone there?", as_user=False)
     await settle()
     assert out.tts == []
@@ -445,3 +456,50 @@ async def test_a_restarted_asr_is_asked_again_for_the_final_transcript() -> None
     )
     engine.asr_back(s)
     assert len(out.asr) == 2  # answered: nothing owed
+
+
+class ScriptedResponder:
+    """A responder whose deltas the test hands over one by one (an LLM still streaming)."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.deltas: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def reply(self, history: list[dict[str, str]], text: str) -> AsyncIterator[str]:
+        while (delta := await self.deltas.get()) is not None:
+            yield delta
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_chunks_still_streaming_when_the_tts_dies_reach_the_next_one_in_order() -> None:
+    """The responder is mid-reply: the failover's re-sends go before the next new chunk."""
+    out = Recorder()
+    responder = ScriptedResponder()
+    engine = TurnEngine(out, responder, TurnConfig(hold_s=3.0), clock=out.clock)
+    s = Session("s", slot=0, generation=1, client="ws")
+    engine.say(s, "hello", as_user=True)
+    for delta in ("First sentence here. ", "Then a second one. ", "And a third. ", "A fourth. "):
+        responder.deltas.put_nowait(delta)
+    await settle()
+    sent = speaks(out)
+    assert [m.chunk for m in sent] == [0, 1]  # the chunker and the last-chunk rule hold 2 back
+    utt = sent[0].utterance
+    engine.on_speak_progress(s, SpeakProgress(session="s", epoch=s.epoch, utterance=utt, chunk=0))
+    out.tts.clear()
+    out.tts_dies()
+    responder.deltas.put_nowait("A fifth. ")  # chunk 2 goes out while no TTS is up
+    await settle()
+    engine.tts_lost(s)
+    await settle()
+    assert out.tts == []
+    out.tts_up.set()  # a new tts0 process
+    responder.deltas.put_nowait(None)
+    for _ in range(4):
+        await settle()
+    again = speaks(out)
+    assert [(m.chunk, m.first) for m in again] == [(1, False), (2, False), (3, False), (4, False)]
+    assert [m.text for m in again] == [sent[1].text, "And a third.", "A fourth.", "A fifth."]
+    assert again[-1].last and not [e for e in out.events if e["type"] == "error"]

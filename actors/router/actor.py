@@ -202,6 +202,15 @@ class RouterActor(Actor):
         out = self.segment.slots[s.slot].out
         return (out.head, out.tail)
 
+    def tts_serving(self, session: Session) -> str:
+        peer = self.hub.peers.get(session.tts) if self.hub and session.tts else None
+        return f"{peer.name}/{peer.pid}" if peer is not None else ""
+
+    def tts_alive(self, process: str) -> bool:
+        name, _, pid = process.partition("/")
+        peer = self.hub.peers.get(name) if self.hub else None
+        return peer is not None and str(peer.pid) == pid
+
     async def wait_tts(self, timeout_s: float) -> bool:
         if self._pick_tts() is not None:
             return True
@@ -318,7 +327,7 @@ class RouterActor(Actor):
             self.counters.bump("refused_sender")
             return
         if isinstance(msg, SessionOpen):
-            self._open(msg)
+            self._open(peer, msg)
             return
         session = self.sessions.get(getattr(msg, "session", ""))
         if session is None:
@@ -347,7 +356,7 @@ class RouterActor(Actor):
         elif isinstance(msg, SessionClose):
             self._close(session, msg.reason)
 
-    def _open(self, msg: SessionOpen) -> None:
+    def _open(self, transport: Peer, msg: SessionOpen) -> None:
         if self.segment is not None and not 0 <= msg.slot < len(self.segment.slots):
             self.counters.bump("bad_slot")
             return
@@ -365,7 +374,7 @@ class RouterActor(Actor):
         self.event(session, {"type": "state", "state": session.state.value})
         for _, early in self._early.pop(msg.session, []):
             self.counters.bump("early_served")
-            self._dispatch_message(self.hub.peers["transport"], early)
+            self._dispatch_message(transport, early)
 
     def _hold_early(self, msg: ClientText | ClientInterrupt) -> None:
         held = self._early.get(msg.session)

@@ -28,6 +28,7 @@ class Reply:
     samples: int = 0  # total 48 kHz samples, known at SPEAK_DONE
     released: bool = False  # frames may go out (False while pre-generated under HOLD)
     sent: list[Speak] = field(default_factory=list)  # every chunk sent to TTS, in order
+    sent_to: list[str] = field(default_factory=list)  # the TTS process each went to last
     chunks_done: int = 0  # chunks wholly in the out ring (SPEAK_PROGRESS)
     synthesized: bool = False  # SPEAK_DONE came: every frame is in the ring
     adopted: bool = False  # learnt from the transport after a router restart (text unknown)

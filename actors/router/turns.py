@@ -52,6 +52,15 @@ class Outbox(Protocol):
         """True once some TTS actor is up (at once if one is), False after ``timeout_s``."""
         ...
 
+    def tts_serving(self, session: Session) -> str:
+        """Which TTS process the session's SPEAKs went to last ("" if none): its name and pid,
+        so that a restarted actor of the same name is a different one."""
+        ...
+
+    def tts_alive(self, process: str) -> bool:
+        """Whether that TTS process (as ``tts_serving`` names it) is still up."""
+        ...
+
 
 # Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
 # ("mm-hmm", "uh"), not a reason to stop the bot (DESIGN section 2).
@@ -360,9 +369,8 @@ class TurnEngine:
                 chunk=len(reply.sent),
             )
             first = False
-            async with reply.lock:  # after any failover's re-sends
-                await self._send_speak(s, msg)
-                reply.sent.append(msg)
+            async with reply.lock:  # one sender at a time: chunks reach the TTS in order
+                await self._deliver(s, reply, msg)
 
         try:
             deltas = _once(text) if verbatim else self.responder.reply(history, text)
@@ -409,6 +417,20 @@ class TurnEngine:
             return
         raise TtsUnavailable(f"no TTS actor came back within {self.cfg.hold_s:g} s")
 
+    async def _deliver(self, s: Session, reply: Reply, new: Speak | None) -> None:
+        """Under ``reply.lock``: first the chunks a dead TTS process owed (not wholly in the
+        ring: SPEAK_PROGRESS), again, as continuations, to the one serving now; then ``new``.
+        """
+        for i in range(reply.chunks_done, len(reply.sent)):
+            if not self.out.tts_alive(reply.sent_to[i]):
+                await self._send_speak(s, dataclasses.replace(reply.sent[i], first=False))
+                reply.sent_to[i] = self.out.tts_serving(s)
+                s.last_progress = self.clock.now()
+        if new is not None:
+            await self._send_speak(s, new)
+            reply.sent.append(new)
+            reply.sent_to.append(self.out.tts_serving(s))
+
     # --- TTS failover ----------------------------------------------------------------------
 
     def tts_lost(self, s: Session) -> None:
@@ -424,15 +446,12 @@ class TurnEngine:
     async def _failover(self, s: Session, reply: Reply) -> None:
         epoch = s.epoch
         try:
+            # Chunks wholly in the ring play on; the rest is synthesized again. A chunk the
+            # dead actor had begun is heard again from its start (not from the first unheard
+            # sample: a new synthesis does not give the same audio).
             async with reply.lock:
-                # Chunks wholly in the ring play on; the rest is synthesized again. A chunk
-                # the dead actor had begun is heard again from its start (not from the
-                # first unheard sample: its audio is not the same on a new synthesis).
-                for msg in reply.sent[reply.chunks_done :]:
-                    if s.epoch != epoch or s.reply is not reply:
-                        return
-                    await self._send_speak(s, dataclasses.replace(msg, first=False))
-                    s.last_progress = self.clock.now()
+                if s.epoch == epoch and s.reply is reply:
+                    await self._deliver(s, reply, None)
         except TtsUnavailable as exc:
             if s.epoch == epoch and s.reply is reply:
                 self.out.event(s, error_event(ErrorCode.TTS_LOST, str(exc)))
