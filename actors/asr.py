@@ -21,7 +21,7 @@ from voxmesh.mesh.sockets import log
 from voxmesh.speech.asr import WhisperAsr
 from voxmesh.supervisor.spec import ActorSpec
 
-from .micreader import MicSession, check_slot
+from .micreader import Idle, MicSession, check_slot
 
 KEEP_S = 30
 POLL_S = 0.02
@@ -89,6 +89,7 @@ class AsrActor(Actor):
         self.asr: WhisperAsr | None = None
         self.segment: RingSegment | None = None
         self.sessions: dict[str, tuple[MicSession, MicBuffer]] = {}
+        self.idle = Idle()
         self.pending: dict[tuple[bool, str], AsrRequest] = {}  # (final, session) -> newest
         self._wake = asyncio.Event()
         self.busy = False
@@ -134,6 +135,7 @@ class AsrActor(Actor):
                 self.segment, msg.session, msg.slot, msg.generation, from_start=True
             )
             self.sessions[msg.session] = (mic, MicBuffer())
+            self.idle.opened()
         elif isinstance(msg, SessionClose):
             self.sessions.pop(msg.session, None)
             for final in (True, False):
@@ -151,6 +153,7 @@ class AsrActor(Actor):
 
     async def _read_loop(self) -> None:
         while True:
+            await self.idle.until_any(self.sessions)
             self._drain_mic()
             await asyncio.sleep(POLL_S)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,22 @@ class MicSession:
         """(absolute first sample, int16 samples) for every frame written since last call."""
         while (frame := self.reader.read()) is not None:
             yield frame.seq * MIC_FRAME_SAMPLES, np.frombuffer(frame.data, dtype=np.int16)
+
+
+class Idle:
+    """Lets a mic-reading loop sleep while there is no session at all: an idle mesh polls
+    no ring."""
+
+    def __init__(self) -> None:
+        self._opened = asyncio.Event()
+
+    def opened(self) -> None:
+        self._opened.set()
+
+    async def until_any(self, sessions: Mapping[str, object]) -> None:
+        while not sessions:
+            self._opened.clear()
+            await self._opened.wait()
 
 
 def check_slot(segment: RingSegment, slot: int) -> bool:

@@ -15,7 +15,7 @@ from voxmesh.mesh.sockets import log
 from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad
 from voxmesh.supervisor.spec import ActorSpec
 
-from .micreader import MicSession, check_slot
+from .micreader import Idle, MicSession, check_slot
 
 POLL_S = 0.008  # a 32 ms model chunk is seen within ~8 ms of its last frame
 
@@ -58,6 +58,7 @@ class VadActor(Actor):
             speech_pad_ms=speech_pad_ms,
         )
         self.sessions: dict[str, tuple[MicSession, StreamingVad]] = {}
+        self.idle = Idle()
         self.vad: SileroVad | None = None
         self.segment: RingSegment | None = None
 
@@ -93,6 +94,7 @@ class VadActor(Actor):
             if not mic.stale:
                 stream = StreamingVad(self.vad, SpeechSegmenter(**self.segmenter_args))
                 self.sessions[msg.session] = (mic, stream)
+                self.idle.opened()
         elif isinstance(msg, SessionClose):
             self.sessions.pop(msg.session, None)
         else:
@@ -100,6 +102,7 @@ class VadActor(Actor):
 
     async def _read_loop(self) -> None:
         while True:
+            await self.idle.until_any(self.sessions)
             for sid, (mic, stream) in list(self.sessions.items()):
                 if mic.stale:
                     del self.sessions[sid]

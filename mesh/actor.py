@@ -9,6 +9,7 @@ before the next frame is written, whatever is queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
@@ -23,7 +24,7 @@ from .link import Link
 from .protocol import Goodbye, Hello, Message, Ready, Shutdown
 from .sockets import Counters, log
 
-TICK_S = 0.05  # bookkeeping granularity; heartbeats are coarser
+TICK_MAX_S = 0.5  # the bookkeeping loop sleeps until the next timer or heartbeat, this at most
 
 
 @dataclass
@@ -88,6 +89,9 @@ class Actor:
     def on_router_down(self) -> None:
         """The router went away (its process died, or it stopped answering)."""
 
+    def on_router_welcome(self) -> None:
+        """The router acknowledged our READY: it knows us (again)."""
+
     def info(self) -> dict[str, Any]:
         """Heartbeat payload (load, sessions, models...)."""
         return {}
@@ -108,7 +112,7 @@ class Actor:
             link.drain()
 
     def every(self, interval_s: float, fn: Callable[[float], None]) -> None:
-        """Call ``fn(now)`` about every ``interval_s`` (granularity TICK_S)."""
+        """Call ``fn(now)`` about every ``interval_s``."""
         self._timers.append(_Timer(interval_s, fn))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -147,6 +151,7 @@ class Actor:
             counters=self.counters,
             heartbeat_info=self.info,
             on_down=self.on_router_down if which == "router" else lambda: None,
+            on_welcome=self.on_router_welcome if which == "router" else lambda: None,
         )
 
     def _announce(self, which: str) -> None:
@@ -198,10 +203,15 @@ class Actor:
                     if now >= timer.next_fire:
                         timer.next_fire = now + timer.interval_s
                         timer.fn(now)
-                try:
-                    await asyncio.wait_for(self._stop.wait(), TICK_S)
-                except TimeoutError:
-                    pass
+                # Sleep until something is due (a wake-up, not a fixed-rate poll).
+                due = min(
+                    [t.next_fire for t in self._timers]
+                    + [link.next_due() for link in self.links.values()],
+                    default=now + TICK_MAX_S,
+                )
+                timeout = min(max(due - time.monotonic(), 0.0), TICK_MAX_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout)
         finally:
             await self._shutdown()
 

@@ -43,9 +43,11 @@ class Link:
         counters: Counters | None = None,
         heartbeat_info: Callable[[], dict[str, object]] = dict,
         on_down: Callable[[], None] = lambda: None,
+        on_welcome: Callable[[], None] = lambda: None,
     ) -> None:
         self.endpoint = endpoint
         self._on_down = on_down  # the peer is gone (disconnected, or silent too long)
+        self._on_welcome = on_welcome  # the peer answered our announcement
         self.identity = identity
         self.heartbeat_s = heartbeat_s
         self.liveness_max = liveness
@@ -150,7 +152,9 @@ class Link:
             except ProtocolError as exc:
                 log_drop(self.counters, "malformed", exc)
                 continue
-            self.welcomed = self._announced
+            if self._announced and not self.welcomed:
+                self.welcomed = True
+                self._on_welcome()
             if isinstance(msg, Heartbeat):
                 continue
             self._on_message(msg)
@@ -159,8 +163,12 @@ class Link:
         if len(batch) == RECV_BATCH and self._readable is not None:
             self._readable.kick()
 
+    def next_due(self) -> float:
+        """When ``tick`` next has something to do (a heartbeat, or a reconnect)."""
+        return self._reconnect_at if self._sock is None else self._next_heartbeat
+
     def tick(self, now: float) -> None:
-        """Heartbeat, liveness and reconnect bookkeeping; call a few times per interval."""
+        """Heartbeat, liveness and reconnect bookkeeping; call when ``next_due`` comes."""
         if self._sock is None:
             if now >= self._reconnect_at:
                 self.counters.bump("reconnects")

@@ -112,6 +112,11 @@ async def test_a_flood_of_router_sock_restarts_nothing_and_the_mesh_serves_on(
             flooder.kill()
         flooder.wait(timeout=10)
     sent = int(out.strip() or 0)
+    served.sort()
+    print(  # the figures (run with -s): how hard the flood was, what the client saw
+        f"flood: {sent} messages in {FLOOD_S:g} s; {len(served)} says during it, say -> first "
+        f"audio median {1000 * served[len(served) // 2]:.0f} ms, max {1000 * served[-1]:.0f} ms"
+    )
     assert sent > 10_000, f"the flooder sent only {sent} messages"
     assert len(served) >= 3, f"only {len(served)} replies during the flood"
     assert max(served) < 5.0, f"a say waited {max(served):.1f} s for audio during the flood"

@@ -39,6 +39,7 @@ MAX_HELD = 1024  # client requests held, all sessions together, while the router
 # socket, or unread): it is sent again to the new router. (A router that did serve it just
 # before dying serves it twice: a repeated reply, rather than silence.)
 RESEND_WINDOW_S = 0.1
+HELD_EXPIRY_S = 0.25  # how often held requests are checked for their hold_s
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class TransportActor(Actor):
         # The transport is the only one that claims slots: after a restart all are ours.
         self._free_slots = list(range(len(self.segment.slots)))
         self.spawn(self.watcher.run())
-        self.every(0.05, self._pump_held)
+        self.every(HELD_EXPIRY_S, self._expire_held)
         if self.livekit is not None:
             from .livekit_bridge import LiveKitBridge  # optional: only with LiveKit configured
 
@@ -253,10 +254,11 @@ class TransportActor(Actor):
                 return
             self._held.popleft()
 
-    def _pump_held(self, now: float) -> None:
-        if not self._held:
-            return
-        if self.router_alive():
+    def on_router_welcome(self) -> None:
+        self._flush_held()  # anything held since the announcement goes now
+
+    def _expire_held(self, now: float) -> None:
+        if self._held and self.router_alive():
             self._flush_held()
             return
         while self._held and now - self._held[0][0] > self.hold_s:
