@@ -31,8 +31,9 @@ from voxmesh.supervisor.spec import FACTORIES, ActorSpec
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "VOXMESH_SUPERVISOR_PID"
-# Test-only: JSON {kind: "module:function"} overriding FACTORIES (stand-in actors in tests).
-TEST_FACTORIES_ENV = "VOXMESH_TEST_FACTORIES"
+# JSON {kind: "module:function"} adding to or replacing FACTORIES: actors of your own (the
+# tests use it for stand-ins without models, tests/standin.py).
+FACTORIES_ENV = "VOXMESH_FACTORIES"
 LOG_LEVEL_ENV = "VOXMESH_LOG_LEVEL"
 # After SIGTERM, an actor that has not finished stopping by then exits hard.
 STOP_GRACE_S = 10.0
@@ -62,7 +63,7 @@ def configure_logging(name: str) -> None:
 
 def load_factory(kind: str) -> Callable[[ActorSpec], Any]:
     factories = dict(FACTORIES)
-    factories.update(json.loads(os.environ.get(TEST_FACTORIES_ENV) or "{}"))
+    factories.update(json.loads(os.environ.get(FACTORIES_ENV) or "{}"))
     try:
         target = factories[kind]
     except KeyError:

@@ -27,10 +27,15 @@ RESTART_BOUND_S = 20.0
 PROBE_EVERY_S = 0.1
 PROBE_TIMEOUT_S = 2.0
 ACTORS = ["router", "transport", "vad", "asr", "tts0"]
-# Stand-in actors (no models) for the tests of start-up paths (see supervisor/standin.py).
-STANDINS = json.dumps(
-    dict.fromkeys(["router", "transport", "vad", "asr", "tts"], "voxmesh.supervisor.standin:build")
-)
+# Stand-in actors (no models) for the tests of start-up paths (tests/standin.py).
+STANDIN_ENV = {
+    "VOXMESH_FACTORIES": json.dumps(
+        dict.fromkeys(["router", "transport", "vad", "asr", "tts"], "standin:build")
+    ),
+    "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p
+    ),
+}
 
 
 def dead_pid() -> int:
@@ -245,7 +250,7 @@ def _mkdir(path: Path) -> Path:
 def test_actor_never_ready_is_restarted_then_given_up(tmp_path: Path) -> None:
     """READY must come within ready_timeout_s (stand-in actors: no models to load here)."""
     env = {
-        "VOXMESH_TEST_FACTORIES": STANDINS,
+        **STANDIN_ENV,
         "VOXMESH_STANDIN_HANG": "asr",
         "VOXMESH_MESH_READY_TIMEOUT_S": "1.5",
         "VOXMESH_MESH_RESTART_MAX": "1",
@@ -266,7 +271,7 @@ def test_actor_never_ready_is_restarted_then_given_up(tmp_path: Path) -> None:
 def test_a_busy_silent_actor_is_given_time_not_restarted(tmp_path: Path) -> None:
     """Starved (a flood, a long computation) is not crashed: no restart, no restart count."""
     env = {
-        "VOXMESH_TEST_FACTORIES": STANDINS,
+        **STANDIN_ENV,
         "VOXMESH_STANDIN_BUSY": "vad:4",  # silent for 4 s, well past 3 heartbeats (1.5 s)
     }
     mesh = MeshProc(tmp_path, extra_env=env)
@@ -286,7 +291,7 @@ def test_a_busy_silent_actor_is_given_time_not_restarted(tmp_path: Path) -> None
 def test_ctrl_c_while_loading_stops_everything(tmp_path: Path) -> None:
     """Ctrl-C before the mesh is up; an actor stuck loading is killed after the deadline."""
     env = {
-        "VOXMESH_TEST_FACTORIES": STANDINS,
+        **STANDIN_ENV,
         "VOXMESH_STANDIN_HANG": "asr",
         "VOXMESH_MESH_SHUTDOWN_DEADLINE_S": "0.5",
     }

@@ -17,7 +17,7 @@ from voxmesh.mesh import protocol
 from voxmesh.mesh.protocol import Heartbeat, Ready, Status
 from voxmesh.mesh.ring import Geometry, RingSegment, segment_name
 from voxmesh.supervisor import config, statefile, topology
-from voxmesh.supervisor.child import PARENT_ENV, TEST_FACTORIES_ENV
+from voxmesh.supervisor.child import FACTORIES_ENV, PARENT_ENV
 from voxmesh.supervisor.config import ConfigError
 from voxmesh.supervisor.spec import ActorSpec
 from voxmesh.supervisor.status import format_table
@@ -146,7 +146,10 @@ def test_child_bootstrap_ignores_sigint_and_stops_cleanly_on_sigterm(tmp_path: P
     spec = ActorSpec("vad", "vad", f"ipc://{tmp_path}/router.sock", endpoint, seg.name, 0.2, 3)
     env = {
         **os.environ,
-        TEST_FACTORIES_ENV: '{"vad": "voxmesh.supervisor.standin:build"}',
+        FACTORIES_ENV: '{"vad": "standin:build"}',
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p
+        ),
         PARENT_ENV: str(os.getpid()),
     }
     child = subprocess.Popen(

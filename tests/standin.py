@@ -1,6 +1,7 @@
 """A stand-in actor for testing the supervisor on its own (test use only).
 
-Select it per kind with ``VOXMESH_TEST_FACTORIES='{"vad": "voxmesh.supervisor.standin:build"}'``.
+Select it per kind with ``VOXMESH_FACTORIES='{"vad": "standin:build"}'`` and this directory
+on ``PYTHONPATH`` (``STANDIN_ENV`` in tests/test_supervisor.py).
 It attaches the ring segment, links to the router and the supervisor like a real actor and
 heartbeats. As the ``router`` kind it binds the router's hub (and routes nothing); as the
 ``transport`` kind it serves ``GET /health`` (always 200) on ``server.port``.
@@ -20,8 +21,7 @@ from typing import Any
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.hub import Hub
 from voxmesh.mesh.ring import RingSegment
-
-from .spec import ActorSpec
+from voxmesh.supervisor.spec import ActorSpec
 
 FAIL_ENV = "VOXMESH_STANDIN_FAIL"
 HANG_ENV = "VOXMESH_STANDIN_HANG"
