@@ -23,7 +23,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
-from .protocol import Heartbeat, Message, ProtocolError
+from .protocol import Heartbeat, Hello, Message, ProtocolError
 from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
 
 BACKOFF_MAX_S = 4.0
@@ -152,8 +152,8 @@ class Link:
             except ProtocolError as exc:
                 log_drop(self.counters, "malformed", exc)
                 continue
-            if self._announced and not self.welcomed:
-                self.welcomed = True
+            if self._announced and not self.welcomed and not isinstance(msg, Hello):
+                self.welcomed = True  # (a HELLO says the opposite: it does not know us)
                 self._on_welcome()
             if isinstance(msg, Heartbeat):
                 continue
