@@ -55,6 +55,13 @@ def query(endpoint: str, timeout_s: float = 3.0) -> Status:
         sock.close(linger=0)
 
 
+def _pids(actor: dict[str, Any]) -> str:
+    """The actor's pid, and its warm spare's after a '+' (mesh.standby)."""
+    pid = str(actor.get("pid") or "-")
+    spare = actor.get("standby_pid")
+    return f"{pid}+{spare}" if spare else pid
+
+
 def format_table(status: Status) -> str:
     """A plain-text table of the actors, then the mesh-wide lines."""
     header = (
@@ -76,7 +83,7 @@ def format_table(status: Status) -> str:
             (
                 str(actor.get("name", "?")),
                 str(actor.get("kind", "?")),
-                str(actor.get("pid") or "-"),
+                _pids(actor),
                 str(actor.get("state", "?")),
                 str(actor.get("serving", "-")),
                 str(actor.get("restarts", 0)),

@@ -93,6 +93,7 @@ def test_status_table() -> None:
                 "uptime_s": 75.0,
                 "info": {"sessions": 2},
                 "heartbeat_age_s": 0.2,
+                "standby_pid": 11,
             },
             {
                 "name": "asr",
@@ -122,7 +123,7 @@ def test_status_table() -> None:
     assert lines[1].split() == [
         "router",
         "router",
-        "10",
+        "10+11",
         "running",
         "up",
         "0",
