@@ -34,6 +34,7 @@ from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, r
 MAX_STRANGERS = 16  # identities whose messages are held until they READY
 MAX_HELD_BYTES = 256 * 1024  # message bodies held per stranger (16 strangers: 4 MiB at most)
 HOLD_S = 3.0  # how long a stranger's messages are held
+STRANGER_BUDGET = 64  # messages a stranger may send per heartbeat interval; the rest: dropped
 
 
 @dataclass
@@ -51,8 +52,10 @@ class Peer:
 @dataclass
 class _Stranger:
     hello_at: float = float("-inf")  # when it was last told HELLO
-    held: deque[tuple[float, int, Message]] = field(default_factory=deque)
+    held: deque[tuple[float, list[bytes]]] = field(default_factory=deque)  # raw, undecoded
     held_bytes: int = 0
+    window_at: float = float("-inf")  # start of its current budget window
+    in_window: int = 0  # messages it sent in that window
 
 
 class Hub:
@@ -152,18 +155,18 @@ class Hub:
                 log_drop(self.counters, "malformed", "message without identity")
                 continue
             identity = frames[0]
+            name = self._names.get(identity)
+            known = self.peers.get(name) if name is not None else None
+            if known is None:  # checked before any decoding: a flood costs next to nothing
+                self._stranger(identity, frames[1:], now)
+                continue
             try:
                 msg = protocol.decode(frames[1:])
             except ProtocolError as exc:
-                log_drop(self.counters, "malformed", f"from {identity[:40]!r}: {exc}")
+                log_drop(self.counters, "malformed", f"from {name}: {exc}")
                 continue
             if isinstance(msg, Ready):
                 self._ready(identity, msg, now)
-                continue
-            name = self._names.get(identity)
-            known = self.peers.get(name) if name is not None else None
-            if known is None:
-                self._stranger(identity, msg, len(frames[-1]), now)
                 continue
             known.last_seen = now
             known.liveness = self.liveness_max
@@ -206,13 +209,22 @@ class Hub:
         self._on_ready(peer)
         stranger = self._strangers.pop(identity, None)
         if stranger is not None:
-            for at, _, held in stranger.held:
-                if now - at <= self.hold_s and self.peers.get(msg.name) is peer:
+            for at, held in stranger.held:
+                if now - at > self.hold_s or self.peers.get(msg.name) is not peer:
+                    continue
+                try:
+                    early = protocol.decode(held)
+                except ProtocolError as exc:
+                    log_drop(self.counters, "malformed", f"held from {msg.name}: {exc}")
+                    continue
+                if not isinstance(early, (Ready, Heartbeat)):
                     self.counters.bump("held_served")
-                    self._serve(peer, held)
+                    self._serve(peer, early)
 
-    def _stranger(self, identity: bytes, msg: Message, size: int, now: float) -> None:
-        """A message from a peer we do not know (we restarted, or it is not of the mesh)."""
+    def _stranger(self, identity: bytes, frames: list[bytes], now: float) -> None:
+        """A message from a peer we do not know (we restarted, or it is not of the mesh):
+        a READY is looked at (within the stranger's budget), anything else is held as it
+        came, undecoded, until the stranger proves itself."""
         self.counters.bump("unknown_peer")
         stranger = self._strangers.get(identity)
         if stranger is None:
@@ -222,15 +234,30 @@ class Hub:
             stranger = self._strangers[identity] = _Stranger()
         else:
             self._strangers.move_to_end(identity)
-        if not isinstance(msg, Heartbeat):
-            while stranger.held and now - stranger.held[0][0] > self.hold_s:
-                stranger.held_bytes -= stranger.held.popleft()[1]
-                self.counters.bump("held_expired")
-            if stranger.held_bytes + size <= MAX_HELD_BYTES:
-                stranger.held.append((now, size, msg))
-                stranger.held_bytes += size
-            else:
-                self.counters.bump("held_dropped")
+        if now - stranger.window_at >= self.heartbeat_s:
+            stranger.window_at, stranger.in_window = now, 0
+        stranger.in_window += 1
+        if stranger.in_window > STRANGER_BUDGET:
+            self.counters.bump("stranger_dropped")  # a flood: not even looked at
+            return
+        if len(frames) == 3 and frames[1] == bytes((Ready.ID,)):
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError as exc:
+                log_drop(self.counters, "malformed", f"from {identity[:40]!r}: {exc}")
+                return
+            assert isinstance(msg, Ready)
+            self._ready(identity, msg, now)
+            return
+        while stranger.held and now - stranger.held[0][0] > self.hold_s:
+            stranger.held_bytes -= sum(len(f) for f in stranger.held.popleft()[1])
+            self.counters.bump("held_expired")
+        size = sum(len(f) for f in frames)
+        if stranger.held_bytes + size <= MAX_HELD_BYTES:
+            stranger.held.append((now, frames))
+            stranger.held_bytes += size
+        else:
+            self.counters.bump("held_dropped")
         if now - stranger.hello_at >= self.heartbeat_s:
             stranger.hello_at = now
             self._send_to(identity, protocol.encode(Hello()), "Hello")
