@@ -68,10 +68,6 @@ class Link:
         self._reconnect_at = 0.0
         self.last_inbound = 0.0
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
-
     def open(self) -> None:
         """Create, connect and announce (call from the loop's thread)."""
         sock = self._ctx.socket(zmq.DEALER)

@@ -12,10 +12,11 @@ Watch: an actor whose process exits, or that stops heartbeating for ``liveness``
 while idle (hung, stopped), is killed (if still there) and restarted after
 ``restart_backoff_ms`` (doubling per restart within the window); more than ``restart_max``
 such restarts of one actor within ``restart_window_s`` and the supervisor gives up: it
-stops the mesh and exits 1. An actor that stops heartbeating while it is busy (using CPU:
-starved, say by a flood of messages from a bad peer) is not a crash: it gets
-``STARVED_GRACE_S`` to answer again, and if it must be restarted after that the restart does
-not count towards ``restart_max``, so one bad peer cannot take the whole mesh down.
+stops the mesh and exits 1. An actor that stops heartbeating while it is busy (using CPU,
+runnable, or in a disk wait: starved, say by a flood from a bad peer, or by a loaded box) is
+not a crash: it gets ``STARVED_GRACE_S`` to answer again, and if it must be restarted after
+that the restart does not count towards ``restart_max``, so one bad peer cannot take the
+whole mesh down.
 
 Stop (SIGINT/SIGTERM): SHUTDOWN to every actor, SIGTERM to the ones still there after
 ``shutdown_deadline_s``, SIGKILL a moment later; then the hub closes, the segment is

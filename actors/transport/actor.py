@@ -236,7 +236,7 @@ class TransportActor(Actor):
             return
         self.stats.held_requests += 1
         log.info("transport: router away: holding %s of %s", type(msg).__name__, session.session_id)
-        self._held.append((time.monotonic(), session, msg))
+        self._held.append((now, session, msg))
 
     def on_router_down(self) -> None:
         """What we sent just before the router died goes to the next one too."""
