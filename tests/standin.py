@@ -14,6 +14,7 @@ work for that long (a starved actor: alive, busy, silent).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import Any
@@ -22,6 +23,8 @@ from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.hub import Hub
 from voxmesh.mesh.ring import RingSegment
 from voxmesh.supervisor.spec import ActorSpec
+
+log = logging.getLogger("voxmesh.standin")
 
 FAIL_ENV = "VOXMESH_STANDIN_FAIL"
 HANG_ENV = "VOXMESH_STANDIN_HANG"
@@ -52,6 +55,9 @@ class StandinActor(Actor):
         if _named_in(FAIL_ENV, self.name):
             raise RuntimeError(f"{self.name}: failing on purpose ({FAIL_ENV})")
         if _named_in(HANG_ENV, self.name):
+            # Said once the SIGTERM handler is in place: a test that wants the hang to
+            # outlive a SIGTERM waits for this line (before it, SIGTERM just kills).
+            log.info("%s: hanging in start-up (%s)", self.name, HANG_ENV)
             await asyncio.Event().wait()  # a model load that never finishes
         self._segment = RingSegment.attach(self.spec.segment)
         if self.spec.kind == "router":

@@ -298,6 +298,7 @@ def test_ctrl_c_while_loading_stops_everything(tmp_path: Path) -> None:
     mesh = MeshProc(tmp_path, extra_env=env)
     try:
         wait_for(lambda: "ready: vad" in mesh.log_text(), 30, "vad ready, asr still loading")
+        wait_for(lambda: "asr: hanging in start-up" in mesh.log_text(), 30, "asr in its hang")
         pids = mesh.actor_pids()
         assert mesh.interrupt() == 0
         log = mesh.log_text()
