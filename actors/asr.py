@@ -17,9 +17,10 @@ import zmq
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.protocol import AsrRequest, Message, SessionClose, SessionOpen, Transcript
 from voxmesh.mesh.ring import MIC_RATE, RingSegment
+from voxmesh.mesh.settings import AsrSettings
 from voxmesh.mesh.sockets import log
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 from voxmesh.speech.asr import WhisperAsr
-from voxmesh.supervisor.spec import ActorSpec
 
 from .micreader import Idle, MicSession, check_slot
 
@@ -60,32 +61,18 @@ class AsrActor(Actor):
 
     def __init__(
         self,
-        name: str = "asr",
+        name: str,
+        place: MeshPlace,
+        settings: AsrSettings | None = None,
         *,
-        router: str,
-        supervisor: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        segment: str,
-        model: str = "",
-        threads: int = 2,
-        window_pad_s: float = 3.0,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
     ) -> None:
-        super().__init__(
-            name,
-            router=router,
-            supervisor=supervisor,
-            context=context,
-            heartbeat_s=heartbeat_s,
-            liveness=liveness,
-            secret=secret,
-        )
-        self.segment_name = segment
-        self.model_path = model or None
-        self.threads = threads
-        self.window_pad_s = window_pad_s
+        super().__init__(name, place, context=context)
+        self.settings = settings or AsrSettings()
+        self.segment_name = place.segment
+        self.model_path = self.settings.model or None
+        self.threads = self.settings.threads
+        self.window_pad_s = self.settings.window_pad_s
         self.asr: WhisperAsr | None = None
         self.segment: RingSegment | None = None
         self.sessions: dict[str, tuple[MicSession, MicBuffer]] = {}
@@ -200,11 +187,4 @@ class AsrActor(Actor):
 
 
 def build(spec: ActorSpec) -> AsrActor:
-    cfg = spec.section("asr")
-    return AsrActor(
-        spec.name,
-        **spec.mesh_args(),
-        model=str(cfg.get("model", "")),
-        threads=int(cfg.get("threads", 2)),
-        window_pad_s=float(cfg.get("window_pad_s", 3.0)),
-    )
+    return AsrActor(spec.name, spec.place, spec.section(AsrSettings))

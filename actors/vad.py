@@ -11,9 +11,10 @@ import zmq
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.protocol import Message, SessionClose, SessionOpen, VadEvent
 from voxmesh.mesh.ring import RingSegment
+from voxmesh.mesh.settings import VadSettings
 from voxmesh.mesh.sockets import log
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad
-from voxmesh.supervisor.spec import ActorSpec
 
 from .micreader import Idle, MicSession, check_slot
 
@@ -25,38 +26,16 @@ class VadActor(Actor):
 
     def __init__(
         self,
-        name: str = "vad",
+        name: str,
+        place: MeshPlace,
+        settings: VadSettings | None = None,
         *,
-        router: str,
-        supervisor: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        segment: str,
-        model: str = "",
-        threshold: float = 0.5,
-        min_speech_ms: int = 64,
-        min_silence_ms: int = 250,
-        speech_pad_ms: int = 30,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
     ) -> None:
-        super().__init__(
-            name,
-            router=router,
-            supervisor=supervisor,
-            context=context,
-            heartbeat_s=heartbeat_s,
-            liveness=liveness,
-            secret=secret,
-        )
-        self.segment_name = segment
-        self.model_path = model or None
-        self.segmenter_args: dict[str, Any] = dict(
-            threshold=threshold,
-            min_speech_ms=min_speech_ms,
-            min_silence_ms=min_silence_ms,
-            speech_pad_ms=speech_pad_ms,
-        )
+        super().__init__(name, place, context=context)
+        self.settings = settings or VadSettings()
+        self.segment_name = place.segment
+        self.model_path = self.settings.model or None
         self.sessions: dict[str, tuple[MicSession, StreamingVad]] = {}
         self.idle = Idle()
         self.vad: SileroVad | None = None
@@ -92,7 +71,7 @@ class VadActor(Actor):
                 self.segment, msg.session, msg.slot, msg.generation, from_start=not msg.resume
             )
             if not mic.stale:
-                stream = StreamingVad(self.vad, SpeechSegmenter(**self.segmenter_args))
+                stream = StreamingVad(self.vad, segmenter(self.settings))
                 self.sessions[msg.session] = (mic, stream)
                 self.idle.opened()
         elif isinstance(msg, SessionClose):
@@ -117,14 +96,15 @@ class VadActor(Actor):
             await asyncio.sleep(POLL_S)
 
 
-def build(spec: ActorSpec) -> VadActor:
-    cfg = spec.section("vad")
-    return VadActor(
-        spec.name,
-        **spec.mesh_args(),
-        model=str(cfg.get("model", "")),
-        threshold=float(cfg.get("threshold", 0.5)),
-        min_speech_ms=int(cfg.get("min_speech_ms", 64)),
-        min_silence_ms=int(cfg.get("min_silence_ms", 250)),
-        speech_pad_ms=int(cfg.get("speech_pad_ms", 30)),
+def segmenter(settings: VadSettings) -> SpeechSegmenter:
+    """The turn decisions ``[vad]`` asks for (the bench's baselines use it too)."""
+    return SpeechSegmenter(
+        threshold=settings.threshold,
+        min_speech_ms=settings.min_speech_ms,
+        min_silence_ms=settings.min_silence_ms,
+        speech_pad_ms=settings.speech_pad_ms,
     )
+
+
+def build(spec: ActorSpec) -> VadActor:
+    return VadActor(spec.name, spec.place, spec.section(VadSettings))

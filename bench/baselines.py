@@ -27,7 +27,7 @@ PIPER_DEF = "text available -> first audio piece out of the library (in-process,
 def _first_chunk(text: str) -> str:
     from voxmesh.speech.chunking import split_for_speech
 
-    words = int(speech.mesh_config()["tts"]["first_chunk_words"])
+    words = speech.mesh_config().tts.first_chunk_words
     return str(split_for_speech(text, first_max_words=words)[0])
 
 
@@ -116,16 +116,10 @@ class VadDecision:
 def vad_decisions(audio: np.ndarray) -> dict[str, VadDecision]:
     """Feed ``audio`` to the mesh's VAD (its settings from mesh.toml) chunk by chunk, as the
     VAD actor does; the first decision of each kind, in audio time."""
-    from voxmesh.speech.vad import CHUNK, SpeechSegmenter, StreamingVad
+    from voxmesh.actors.vad import segmenter
+    from voxmesh.speech.vad import CHUNK, StreamingVad
 
-    cfg = speech.mesh_config()["vad"]
-    vad = StreamingVad(
-        speech.silero(),
-        SpeechSegmenter(
-            threshold=cfg["threshold"], min_speech_ms=cfg["min_speech_ms"],
-            min_silence_ms=cfg["min_silence_ms"], speech_pad_ms=cfg["speech_pad_ms"],
-        ),
-    )  # fmt: skip
+    vad = StreamingVad(speech.silero(), segmenter(speech.mesh_config().vad))
     found: dict[str, VadDecision] = {}
     for at in range(0, audio.size - CHUNK + 1, CHUNK):
         for ev in vad.push(audio[at : at + CHUNK], at):

@@ -7,11 +7,12 @@ input in one run. Models load once per process (cached).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from voxmesh.mesh.settings import Settings
     from voxmesh.speech.asr import WhisperAsr
     from voxmesh.speech.piper_voice import PiperSpeaker
     from voxmesh.speech.vad import SileroVad
@@ -47,11 +48,11 @@ def sample(texts: tuple[str, ...], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def mesh_config() -> dict[str, Any]:
-    """The built-in mesh.toml: the bench's baselines use the settings the mesh runs with."""
-    from voxmesh.supervisor.config import defaults
+def mesh_config() -> Settings:
+    """The built-in defaults: the bench's baselines use the settings the mesh runs with."""
+    from voxmesh.mesh.settings import Settings
 
-    return dict(defaults())
+    return Settings()
 
 
 @functools.cache
@@ -67,8 +68,8 @@ def piper() -> PiperSpeaker:
 def whisper() -> WhisperAsr:
     from voxmesh.speech.asr import WhisperAsr
 
-    cfg = mesh_config()["asr"]
-    asr = WhisperAsr(cfg["model"] or None, cpu_threads=cfg["threads"], pad_s=cfg["window_pad_s"])
+    cfg = mesh_config().asr
+    asr = WhisperAsr(cfg.model or None, cpu_threads=cfg.threads, pad_s=cfg.window_pad_s)
     asr.warmup()
     return asr
 

@@ -11,9 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from voxmesh.mesh.settings import Settings
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -44,7 +47,7 @@ def mesh_options(f: FC) -> FC:
     )(f)
 
 
-def load_config(options: MeshOptions, **overrides: dict[str, Any]) -> dict[str, Any]:
+def load_config(options: MeshOptions, **overrides: dict[str, Any]) -> Settings:
     """defaults < --config < VOXMESH_* env < flags (``--port`` and ``overrides``)."""
     from voxmesh.supervisor import config
 
@@ -52,17 +55,16 @@ def load_config(options: MeshOptions, **overrides: dict[str, Any]) -> dict[str, 
     if options.port is not None:
         layers.setdefault("server", {})["port"] = options.port
     try:
-        loaded: dict[str, Any] = config.load(options.config, overrides=layers)
+        return config.load(options.config, overrides=layers)
     except config.ConfigError as exc:
         raise CliError(str(exc), code=2) from None
-    return loaded
 
 
 def running_mesh(options: MeshOptions) -> dict[str, Any]:
     """The state file of the mesh on the configured port; CliError if none is running."""
     from voxmesh.supervisor import statefile
 
-    port = int(load_config(options)["server"]["port"])
+    port = load_config(options).server.port
     state: dict[str, Any] | None = statefile.read(port)
     if state is None:
         raise CliError(

@@ -22,25 +22,20 @@ async def mesh_session(
     options: MeshOptions, *, sample_rate: int = 16000
 ) -> AsyncIterator[WsClient]:
     """A WebSocket session with the running mesh, or a CliError that says why not."""
-    from voxmesh.client import ConnectError, open_session
+    from voxmesh.client import ConnectError, ws_session
 
     state = running_mesh(options)
-    token = str(load_config(options)["server"].get("auth_token") or "") or None
+    token = load_config(options).server.auth_token or None
     url = str(state.get("ws_url") or f"ws://127.0.0.1:{state['port']}/ws")
     try:
-        client = await open_session(
+        async with ws_session(
             url, sample_rate=sample_rate, token=token, timeout=CONNECT_TIMEOUT_S
-        )
-    except ConnectError as exc:
+        ) as client:
+            yield client
+    except ConnectError as exc:  # no session: unreachable, or refused
         raise CliError(str(exc)) from None
-    try:
-        yield client
     except ConnectionError as exc:  # the mesh went away mid-session
         raise CliError(f"lost the connection to {url}: {exc}") from None
-    finally:
-        with contextlib.suppress(Exception):
-            await client.bye()
-        await client.close()
 
 
 def is_error(event: dict[str, Any]) -> bool:

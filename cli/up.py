@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import CliError, MeshOptions, load_config, mesh_options
+
+if TYPE_CHECKING:
+    from voxmesh.mesh.settings import Settings
 
 TTS_ENGINES = ("mock", "piper", "espeak")
 
@@ -65,7 +68,7 @@ def parse_up(argv: Sequence[str]) -> UpOptions:
         return UpOptions(**ctx.params)
 
 
-def up_config(options: UpOptions) -> dict[str, Any]:
+def up_config(options: UpOptions) -> Settings:
     """The config ``voxmesh up`` runs with, checked before anything binds (CliError, 2)."""
     from voxmesh.supervisor.config import ConfigError, check_exposure
 

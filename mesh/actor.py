@@ -1,9 +1,9 @@
 """The actor base: links to the router and the supervisor, one asyncio loop, clean stop.
 
-An actor is embeddable: it takes an optional ``zmq.Context`` and explicit endpoints and
-never reads configuration itself. ``handle()`` runs synchronously for each control
-message; data loops call ``poll_control()`` between frames so that a PAUSE is served
-before the next frame is written, whatever is queued.
+An actor is embeddable: it takes an optional ``zmq.Context`` and its place in the mesh
+(``MeshPlace``: explicit endpoints) and never reads configuration itself. ``handle()``
+runs synchronously for each control message; data loops call ``poll_control()`` between
+frames so that a PAUSE is served before the next frame is written, whatever is queued.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from . import auth
 from .link import Link
 from .protocol import Goodbye, Hello, Message, Ready, Shutdown
 from .sockets import Counters, log
+from .spec import MeshPlace
 
 TICK_MAX_S = 0.5  # the bookkeeping loop sleeps until the next timer or heartbeat, this at most
 
@@ -40,20 +41,17 @@ class Actor:
     def __init__(
         self,
         name: str,
+        place: MeshPlace,
         *,
-        router: str | None = None,
-        supervisor: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
     ) -> None:
         self.name = name
-        self.secret = secret  # mesh/auth.py: proves to the hubs that we belong to this mesh
-        self.router_endpoint = router
-        self.supervisor_endpoint = supervisor
-        self.heartbeat_s = heartbeat_s
-        self.liveness = liveness
+        self.place = place
+        self.secret = place.secret  # mesh/auth.py: proves to the hubs that we belong here
+        self.router_endpoint = place.router
+        self.supervisor_endpoint = place.supervisor
+        self.heartbeat_s = place.heartbeat_s
+        self.liveness = place.liveness
         self._own_context = context is None
         self.context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self.counters = Counters()

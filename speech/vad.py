@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.assets import silero_vad_path
 
 if TYPE_CHECKING:
@@ -93,11 +94,11 @@ class SpeechSegmenter:
     def __init__(
         self,
         *,
-        threshold: float = 0.5,
+        threshold: float = VadSettings.threshold,
         neg_threshold: float | None = None,
-        min_speech_ms: int = 64,
-        min_silence_ms: int = 200,
-        speech_pad_ms: int = 30,
+        min_speech_ms: int = VadSettings.min_speech_ms,
+        min_silence_ms: int = VadSettings.min_silence_ms,
+        speech_pad_ms: int = VadSettings.speech_pad_ms,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.threshold = threshold

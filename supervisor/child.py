@@ -27,9 +27,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from voxmesh.supervisor.spec import FACTORIES, ActorSpec
+from voxmesh.mesh.spec import ActorSpec
 
 PR_SET_PDEATHSIG = 1
+# kind -> "module:function" building the actor from an ActorSpec
+FACTORIES: dict[str, str] = {
+    "router": "voxmesh.actors.router.actor:build",
+    "transport": "voxmesh.actors.transport.actor:build",
+    "vad": "voxmesh.actors.vad:build",
+    "asr": "voxmesh.actors.asr:build",
+    "tts": "voxmesh.actors.tts.actor:build",
+}
 PARENT_ENV = "VOXMESH_SUPERVISOR_PID"
 # JSON {kind: "module:function"} adding to or replacing FACTORIES: actors of your own (the
 # tests use it for stand-ins without models, tests/standin.py).

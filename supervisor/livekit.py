@@ -1,9 +1,9 @@
 """livekit-server as a managed process: ``voxmesh up --livekit``, and the tests' throwaway server.
 
-``voxmesh up --livekit`` loads ``service(config)`` (see ``services.py``). When ``livekit.url``
+``voxmesh up --livekit`` loads ``service(settings)`` (see ``services.py``). When ``livekit.url``
 is empty it starts ``livekit-server`` on loopback (free ports unless configured), waits until
 it answers, and writes ``livekit.url`` (and a strong ``livekit.api_secret`` when the configured
-one is shorter than 32 characters) into the config, so the transport serves ``POST /session``.
+one is shorter than 32 characters) into the settings, so the transport serves ``POST /session``.
 With ``livekit.url`` set it starts nothing and the transport uses that server.
 
 The server runs in its own session under ``setpriv --pdeathsig KILL`` (the kernel kills it if
@@ -26,10 +26,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from voxmesh.mesh.settings import Settings
 
 log = logging.getLogger("voxmesh.livekit")
 
@@ -252,29 +252,28 @@ class LiveKitService:
 
     name = "livekit"
 
-    def __init__(self, config: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.server: LiveKitServer | None = None
         self._reported_death = False
 
-    def start(self, config: dict[str, dict[str, Any]], run_dir: Path) -> None:
-        lk = config.setdefault("livekit", {})
-        if str(lk.get("url") or ""):
-            log.info("livekit: using the server at %s (livekit.url); starting none", lk["url"])
-            return
-        secret = str(lk.get("api_secret") or "")
+    def start(self, settings: Settings, run_dir: Path) -> Settings:
+        lk = settings.livekit
+        if lk.url:
+            log.info("livekit: using the server at %s (livekit.url); starting none", lk.url)
+            return settings
+        secret = lk.api_secret
         if len(secret) < MIN_SECRET_CHARS:  # e.g. the built-in "secret": one per run instead
             secret = secrets.token_urlsafe(32)
         self.server = LiveKitServer(
-            str(lk.get("binary") or "") or None,
-            api_key=str(lk.get("api_key") or "devkey"),
+            lk.binary or None,
+            api_key=lk.api_key or "devkey",
             api_secret=secret,
-            port=int(lk.get("port", 0)),
-            rtc_tcp_port=int(lk.get("rtc_tcp_port", 0)),
-            rtc_udp_port=int(lk.get("rtc_udp_port", 0)),
+            port=lk.port,
+            rtc_tcp_port=lk.rtc_tcp_port,
+            rtc_udp_port=lk.rtc_udp_port,
             log_path=run_dir / "livekit-server.log",
         )
         info = self.server.start()
-        lk.update(url=info.url, api_key=info.api_key, api_secret=info.api_secret)
         log.info(
             "livekit-server %s (pid %d) at %s, media on udp %d / tcp %d, log %s",
             self.server.binary,
@@ -283,6 +282,9 @@ class LiveKitService:
             info.rtc_udp_port,
             info.rtc_tcp_port,
             info.log_path,
+        )
+        return settings.replace(
+            livekit={"url": info.url, "api_key": info.api_key, "api_secret": info.api_secret}
         )
 
     def alive(self) -> bool:
@@ -298,5 +300,5 @@ class LiveKitService:
             self.server.stop()
 
 
-def service(config: Mapping[str, Mapping[str, Any]]) -> LiveKitService:
-    return LiveKitService(config)
+def service(settings: Settings) -> LiveKitService:
+    return LiveKitService(settings)

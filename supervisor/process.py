@@ -20,8 +20,9 @@ from typing import Any
 
 import psutil
 
+from voxmesh.mesh.spec import ActorSpec
+
 from .child import PARENT_ENV
-from .spec import ActorSpec
 
 
 class State(enum.Enum):

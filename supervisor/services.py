@@ -1,12 +1,12 @@
 """Extra processes started and stopped with the mesh (the hook for ``voxmesh up --livekit``).
 
 A service is anything with this shape. The supervisor starts every service after it has
-bound its own socket and before the first actor, so a service may fill in config the actors
-read (``--livekit`` sets ``livekit.url`` for the transport); it checks ``alive()`` on every
-tick (a dead service stops the mesh with an error) and stops services after the actors.
+bound its own socket and before the first actor, so a service may fill in settings the
+actors read (``--livekit`` sets ``livekit.url`` for the transport); it checks ``alive()`` on
+every tick (a dead service stops the mesh with an error) and stops services after the actors.
 
 Services are named in ``SERVICES`` (name -> "module:function"; the function takes the merged
-config and returns a Service) and loaded with ``load_service``.
+settings and returns a Service) and loaded with ``load_service``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import importlib
 from pathlib import Path
 from typing import Protocol
 
-from .config import Config
+from voxmesh.mesh.settings import Settings
 
 SERVICES: dict[str, str] = {
     "livekit": "voxmesh.supervisor.livekit:service",
@@ -25,8 +25,8 @@ SERVICES: dict[str, str] = {
 class Service(Protocol):
     name: str
 
-    def start(self, config: Config, run_dir: Path) -> None:
-        """Start (and wait until usable); may update ``config`` before the actors see it."""
+    def start(self, settings: Settings, run_dir: Path) -> Settings:
+        """Start (and wait until usable); the settings the actors get (it may add some)."""
 
     def alive(self) -> bool:
         """False once the service has died."""
@@ -39,7 +39,7 @@ class ServiceUnavailable(RuntimeError):
     pass
 
 
-def load_service(name: str, config: Config) -> Service:
+def load_service(name: str, settings: Settings) -> Service:
     target = SERVICES.get(name)
     if target is None:
         raise ServiceUnavailable(f"unknown service {name!r}")
@@ -51,5 +51,5 @@ def load_service(name: str, config: Config) -> Service:
             raise
         raise ServiceUnavailable(f"{name} support is not installed ({module_name})") from None
     factory = getattr(module, function)
-    service: Service = factory(config)
+    service: Service = factory(settings)
     return service

@@ -47,9 +47,9 @@ from voxmesh.mesh import auth
 from voxmesh.mesh.hub import Hub, Peer
 from voxmesh.mesh.protocol import Message, PeerGone, Shutdown, Status, StatusRequest
 from voxmesh.mesh.ring import Geometry, RingSegment, remove_stale_segments, segment_name
+from voxmesh.mesh.settings import Settings
 
 from . import statefile, topology
-from .config import Config
 from .process import ManagedProcess, State
 from .services import Service
 
@@ -70,12 +70,12 @@ class SupervisorError(RuntimeError):
 
 class Supervisor:
     def __init__(
-        self, config: Config, *, services: Sequence[Service] = (), out: TextIO | None = None
+        self, settings: Settings, *, services: Sequence[Service] = (), out: TextIO | None = None
     ) -> None:
-        self.config = config
-        self.mesh = config["mesh"]
-        self.host = str(config["server"]["host"])
-        self.port = int(config["server"]["port"])
+        self.settings = settings
+        self.mesh = settings.mesh
+        self.host = settings.server.host
+        self.port = settings.server.port
         self.services = list(services)
         self.out = out or sys.stdout
         self.procs: list[ManagedProcess] = []
@@ -94,7 +94,7 @@ class Supervisor:
         self._started_services: list[Service] = []
         self._state_written = False
         self._secret = auth.new_secret()  # only the actors we start learn it (on stdin)
-        self._standby_names = frozenset(str(n) for n in self.mesh["standby"])
+        self._standby_names = frozenset(self.mesh.standby)
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -145,8 +145,8 @@ class Supervisor:
             self._on_message,
             on_ready=self._on_ready,
             on_lost=self._on_lost,
-            heartbeat_s=self.mesh["heartbeat_ms"] / 1000.0,
-            liveness=int(self.mesh["liveness"]),
+            heartbeat_s=self.mesh.heartbeat_ms / 1000.0,
+            liveness=self.mesh.liveness,
             secret=self._secret,
             open_kinds=frozenset({"client"}),
         )
@@ -157,10 +157,10 @@ class Supervisor:
             self._say(f"starting {service.name} ...")
             self._started_services.append(service)
             try:
-                service.start(self.config, self._run_dir)
+                self.settings = service.start(self.settings, self._run_dir)
             except Exception as exc:
                 raise SupervisorError(f"{service.name} failed to start: {exc}") from exc
-        specs = topology.plan(self.config, self._run_dir, self._segment.name, self._secret)
+        specs = topology.plan(self.settings, self._run_dir, self._segment.name, self._secret)
         self.procs = [ManagedProcess(spec) for spec in specs]
         self._say(f"loading models: {self.procs[0].name} ...")
         self.procs[0].spawn()
@@ -181,7 +181,7 @@ class Supervisor:
                 raise SupervisorError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
 
     def _make_run_dir(self) -> Path:
-        configured = str(self.mesh["run_dir"])
+        configured = self.mesh.run_dir
         if configured:
             path = Path(configured).expanduser().absolute()
             self._own_run_dir = not path.exists()
@@ -201,9 +201,9 @@ class Supervisor:
     def _create_segment(self) -> RingSegment:
         name = segment_name(os.getpid())
         geometry = Geometry(
-            slots=int(self.mesh["max_sessions"]),
-            mic_capacity=int(self.mesh["mic_ring_frames"]),
-            out_capacity=int(self.mesh["out_ring_frames"]),
+            slots=self.mesh.max_sessions,
+            mic_capacity=self.mesh.mic_ring_frames,
+            out_capacity=self.mesh.out_ring_frames,
         )
         try:
             return RingSegment.create(name, geometry)
@@ -274,7 +274,7 @@ class Supervisor:
                 self._fail(f"{service.name} died")
 
     def _check_processes(self, now: float) -> None:
-        timeout = float(self.mesh["ready_timeout_s"])
+        timeout = self.mesh.ready_timeout_s
         for proc in self.procs:
             if proc.state in (State.STARTING, State.RUNNING):
                 code = proc.poll()
@@ -303,22 +303,20 @@ class Supervisor:
         if self._stopping:
             proc.state = State.STOPPED
             return
-        count = proc.note_restart(now, float(self.mesh["restart_window_s"]), counted=counted)
-        limit = int(self.mesh["restart_max"])
+        count = proc.note_restart(now, self.mesh.restart_window_s, counted=counted)
+        limit = self.mesh.restart_max
         if counted and count > limit:
             proc.state = State.STOPPED
             self._fail(
                 f"{proc.name} {reason}; restarted {count - 1} times within "
-                f"{self.mesh['restart_window_s']} s (restart_max {limit}): giving up"
+                f"{self.mesh.restart_window_s:g} s (restart_max {limit}): giving up"
             )
             return
         if proc.promote():  # a warm spare has its models loaded: no backoff, no load time
             log.warning("%s %s: its warm standby takes over", proc.name, reason)
             proc.failed_at = now
             return
-        delay = min(
-            float(self.mesh["restart_backoff_ms"]) / 1000.0 * 2 ** (count - 1), BACKOFF_MAX_S
-        )
+        delay = min(self.mesh.restart_backoff_ms / 1000.0 * 2 ** (count - 1), BACKOFF_MAX_S)
         log.warning("%s %s: restarting in %.2f s", proc.name, reason, delay)
         proc.state = State.BACKOFF
         proc.failed_at = now
@@ -443,7 +441,7 @@ class Supervisor:
         self._stopping = True
         for proc in self.procs:
             proc.drop_standby()
-        deadline_s = float(self.mesh["shutdown_deadline_s"])
+        deadline_s = self.mesh.shutdown_deadline_s
         for proc in self.procs:
             if not proc.alive():
                 proc.state = State.STOPPED

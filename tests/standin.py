@@ -14,6 +14,7 @@ work for that long (a starved actor: alive, busy, silent).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from typing import Any
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.hub import Hub
 from voxmesh.mesh.ring import RingSegment
-from voxmesh.supervisor.spec import ActorSpec
+from voxmesh.mesh.settings import ServerSettings
+from voxmesh.mesh.spec import ActorSpec
 
 log = logging.getLogger("voxmesh.standin")
 
@@ -37,13 +39,9 @@ def _named_in(env: str, name: str) -> bool:
 
 class StandinActor(Actor):
     def __init__(self, spec: ActorSpec) -> None:
+        place = spec.place
         super().__init__(
-            spec.name,
-            router=None if spec.kind == "router" else spec.router,
-            supervisor=spec.supervisor,
-            heartbeat_s=spec.heartbeat_s,
-            liveness=spec.liveness,
-            secret=spec.secret or None,
+            spec.name, dataclasses.replace(place, router=None) if spec.kind == "router" else place
         )
         self.spec = spec
         self.kind = spec.kind  # type: ignore[misc]  # per instance: one class, many kinds
@@ -59,13 +57,13 @@ class StandinActor(Actor):
             # outlive a SIGTERM waits for this line (before it, SIGTERM just kills).
             log.info("%s: hanging in start-up (%s)", self.name, HANG_ENV)
             await asyncio.Event().wait()  # a model load that never finishes
-        self._segment = RingSegment.attach(self.spec.segment)
+        self._segment = RingSegment.attach(self.spec.place.segment)
         if self.spec.kind == "router":
             self._hub = Hub(
                 self.context,
-                self.spec.router,
+                self.spec.place.router or "",
                 lambda peer, msg: None,
-                secret=self.spec.secret or None,
+                secret=self.spec.place.secret,
             )
             self.every(self.heartbeat_s / 2, self._hub.tick)
         if self.spec.kind == "transport":
@@ -78,8 +76,8 @@ class StandinActor(Actor):
             app.router.add_get("/health", health)
             runner = web.AppRunner(app)
             await runner.setup()
-            server = self.spec.section("server")
-            await web.TCPSite(runner, server["host"], int(server["port"])).start()
+            server = self.spec.section(ServerSettings)
+            await web.TCPSite(runner, server.host, server.port).start()
             self._web = runner
 
         name, _, seconds = os.environ.get(BUSY_ENV, "").partition(":")

@@ -26,6 +26,7 @@ from meshproc import MeshProc, free_port, mesh_up, toml_text, wait_for
 from speechgen import pad_silence, piper_wav, speech_bounds
 
 from voxmesh.actors.transport.livekit_bridge import receive_stats
+from voxmesh.mesh.settings import Settings
 from voxmesh.speech.wer import word_error_rate
 from voxmesh.supervisor.livekit import LiveKitServerError, LiveKitService
 
@@ -181,18 +182,17 @@ async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_service_starts_a_server_with_a_strong_secret(tmp_path: Path) -> None:
     """The built-in secret is too short for livekit-server: a fresh one is made per run."""
-    config: dict[str, dict[str, object]] = {"livekit": {"url": "", "api_key": "devkey"}}
-    config["livekit"]["api_secret"] = "secret"
-    svc = LiveKitService(config)
+    settings = Settings()
+    assert settings.livekit.api_secret == "secret" and not settings.livekit.url
+    svc = LiveKitService(settings)
     try:
-        svc.start(config, tmp_path)
-        lk = config["livekit"]
-        assert str(lk["url"]).startswith("ws://127.0.0.1:")
-        assert len(str(lk["api_secret"])) >= 32 and lk["api_secret"] != "secret"
+        lk = svc.start(settings, tmp_path).livekit
+        assert lk.url.startswith("ws://127.0.0.1:")
+        assert len(lk.api_secret) >= 32 and lk.api_secret != "secret"
         assert svc.alive()
 
         async def listed() -> int:
-            url, secret = str(lk["url"]), str(lk["api_secret"])
+            url, secret = lk.url, lk.api_secret
             async with api.LiveKitAPI(url, "devkey", secret, failover=False) as lkapi:
                 return len((await lkapi.room.list_rooms(api.ListRoomsRequest())).rooms)
 
@@ -206,11 +206,10 @@ def test_service_starts_a_server_with_a_strong_secret(tmp_path: Path) -> None:
 
 
 def test_service_with_a_url_starts_nothing(tmp_path: Path) -> None:
-    config: dict[str, dict[str, object]] = {"livekit": {"url": "ws://example.invalid:7880"}}
-    svc = LiveKitService(config)
-    svc.start(config, tmp_path)
+    settings = Settings().replace(livekit={"url": "ws://example.invalid:7880"})
+    svc = LiveKitService(settings)
+    assert svc.start(settings, tmp_path) == settings
     assert svc.server is None and svc.alive()
-    assert config["livekit"]["url"] == "ws://example.invalid:7880"
     svc.stop()
 
 

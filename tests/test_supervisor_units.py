@@ -16,10 +16,10 @@ import zmq
 from voxmesh.mesh import protocol
 from voxmesh.mesh.protocol import Heartbeat, Ready, Status
 from voxmesh.mesh.ring import Geometry, RingSegment, segment_name
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 from voxmesh.supervisor import config, statefile, topology
 from voxmesh.supervisor.child import FACTORIES_ENV, PARENT_ENV
 from voxmesh.supervisor.config import ConfigError
-from voxmesh.supervisor.spec import ActorSpec
 from voxmesh.supervisor.status import format_table
 
 
@@ -45,11 +45,16 @@ def test_plan_one_tts_per_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ]
     assert [s.env.get("CUDA_VISIBLE_DEVICES") for s in specs[4:]] == ["0", "1"]
     router = specs[0]
-    assert router.config["router"]["expected"] == ["transport", "vad", "asr", "tts0", "tts1"]
-    assert router.router == "ipc:///run/x/router.sock"
-    assert router.supervisor == "ipc:///run/x/supervisor.sock"
-    assert router.segment == "voxmesh-1-rings" and router.heartbeat_s == 0.5
+    assert router.expected == ["transport", "vad", "asr", "tts0", "tts1"]
+    assert router.place.router == "ipc:///run/x/router.sock"
+    assert router.place.supervisor == "ipc:///run/x/supervisor.sock"
+    assert router.place.segment == "voxmesh-1-rings" and router.place.heartbeat_s == 0.5
     assert ActorSpec.from_json(router.to_json()) == router
+    # Each actor holds only its own sections: API keys stay with who needs them.
+    by_name = {s.name: s for s in specs}
+    assert set(by_name["transport"].settings) == {"log", "server", "livekit"}
+    assert set(by_name["tts0"].settings) == {"log", "tts"}
+    assert "livekit" not in router.settings and "server" not in router.settings
 
 
 def test_plan_cpu_when_no_gpu_or_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,8 +65,8 @@ def test_plan_cpu_when_no_gpu_or_asked(tmp_path: Path, monkeypatch: pytest.Monke
     assert specs[4].env == {"CUDA_VISIBLE_DEVICES": ""}
     assert topology.tts_devices("cpu") == [None]
     assert topology.tts_devices("1, 3") == ["1", "3"]
-    with pytest.raises(ConfigError, match=r"tts\.devices"):
-        topology.tts_devices("gpu")
+    with pytest.raises(ConfigError, match=r"tts\.devices must be"):
+        config.load(environ={"VOXMESH_TTS_DEVICES": "gpu"})
 
 
 def test_state_file_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,7 +149,8 @@ def test_child_bootstrap_ignores_sigint_and_stops_cleanly_on_sigterm(tmp_path: P
     hub.setsockopt(zmq.LINGER, 0)
     endpoint = f"ipc://{tmp_path}/sup.sock"
     hub.bind(endpoint)
-    spec = ActorSpec("vad", "vad", f"ipc://{tmp_path}/router.sock", endpoint, seg.name, 0.2, 3)
+    place = MeshPlace(f"ipc://{tmp_path}/router.sock", endpoint, seg.name, 0.2, 3)
+    spec = ActorSpec("vad", "vad", place)
     env = {
         **os.environ,
         FACTORIES_ENV: '{"vad": "standin:build"}',
@@ -189,7 +195,7 @@ def test_child_bootstrap_ignores_sigint_and_stops_cleanly_on_sigterm(tmp_path: P
 def test_child_refuses_to_start_without_its_supervisor() -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    spec = ActorSpec("vad", "vad", "ipc:///nonexistent/r", "ipc:///nonexistent/s", "x", 0.5, 3)
+    spec = ActorSpec("vad", "vad", MeshPlace("ipc:///nonexistent/r", "ipc:///nonexistent/s", "x"))
     result = subprocess.run(
         [sys.executable, "-m", "voxmesh.supervisor.child", spec.name],
         env={**os.environ, PARENT_ENV: str(dead.pid)},

@@ -54,6 +54,8 @@ from voxmesh.mesh.ring import (
     Slot,
     segment_name,
 )
+from voxmesh.mesh.settings import LiveKitSettings, ServerSettings
+from voxmesh.mesh.spec import MeshPlace
 
 try:  # tests/ may or may not become a package
     from .wsclient import WsClient
@@ -192,17 +194,15 @@ async def make_mesh() -> AsyncIterator[MeshFactory]:
         segs.append(seg)
         endpoint = f"ipc://{run_dir}/router-{len(segs)}.sock"
         router = FakeRouter(ctx, endpoint, seg)
-        kw: dict[str, Any] = {
-            "router": endpoint,
-            "segment": seg.name,
+        livekit = actor_kw.pop("livekit", None)
+        server: dict[str, Any] = {
             "port": 0,
-            "context": ctx,
-            "heartbeat_s": HEARTBEAT_S,
             "lead_ms": LEAD_MS,
             "max_message_bytes": MAX_MESSAGE_BYTES,
+            **actor_kw,
         }
-        kw.update(actor_kw)
-        actor = TransportActor("transport", **kw)
+        place = MeshPlace(endpoint, segment=seg.name, heartbeat_s=HEARTBEAT_S)
+        actor = TransportActor("transport", place, ServerSettings(**server), livekit, context=ctx)
         task = asyncio.create_task(actor.run())
         mesh = Mesh(ctx, actor, router, seg, "", "")
         built.append((mesh, task))
@@ -556,9 +556,8 @@ async def test_a_slow_tts_causes_one_underrun_and_no_lost_audio(mesh: Mesh) -> N
 
 
 async def test_livekit_configured_serves_post_session(make_mesh: MeshFactory) -> None:
-    from voxmesh.actors.transport.actor import LiveKitSettings
-
-    mesh = await make_mesh(livekit=LiveKitSettings("http://127.0.0.1:9", "key", "s" * 32))
+    livekit = LiveKitSettings(url="http://127.0.0.1:9", api_key="key", api_secret="s" * 32)
+    mesh = await make_mesh(livekit=livekit)
     assert mesh.actor.bridge is not None
     async with aiohttp.ClientSession() as http, http.post(mesh.http + "/session") as r:
         assert r.status == 502  # nothing listens there: the room cannot be made

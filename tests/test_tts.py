@@ -52,7 +52,8 @@ from voxmesh.mesh.protocol import (
     Stop,
 )
 from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, Frame, Geometry, OutRing, RingSegment
-from voxmesh.supervisor.spec import ActorSpec
+from voxmesh.mesh.settings import TtsSettings
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 FRAME = 960
 TTS = "tts0"
@@ -133,15 +134,8 @@ async def running_tts(segment: RingSegment, **kwargs: Any) -> AsyncIterator[Mesh
     router = FakeRouter(hub)
     holder.append(router)
     kwargs.setdefault("engine", "mock")
-    actor = TtsActor(
-        TTS,
-        router=endpoint,
-        supervisor=None,
-        segment=segment.name,
-        context=ctx,
-        heartbeat_s=0.2,
-        **kwargs,
-    )
+    place = MeshPlace(endpoint, segment=segment.name, heartbeat_s=0.2)
+    actor = TtsActor(TTS, place, TtsSettings(**kwargs), context=ctx)
     run = asyncio.ensure_future(actor.run())
 
     async def tick() -> None:
@@ -598,15 +592,14 @@ def test_real_voice_speaks_48k_frames(engine: str) -> None:
 
 
 def test_build_maps_the_tts_config_section() -> None:
+    place = MeshPlace(
+        "ipc:///nowhere/router.sock", "ipc:///nowhere/supervisor.sock", "voxmesh-0-rings", 0.25, 4
+    )
     spec = ActorSpec(
         kind="tts",
         name="tts1",
-        router="ipc:///nowhere/router.sock",
-        supervisor="ipc:///nowhere/supervisor.sock",
-        segment="voxmesh-0-rings",
-        heartbeat_s=0.25,
-        liveness=4,
-        config={"tts": {"engine": "mock", "preload": ["mock-x"], "resident_max": 3}},
+        place=place,
+        settings={"tts": {"engine": "mock", "preload": ["mock-x"], "resident_max": 3}},
     )
     actor = build(spec)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -37,8 +38,9 @@ from voxmesh.mesh.protocol import (
     VadEvent,
 )
 from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, RingSegment
+from voxmesh.mesh.settings import AsrSettings, RouterSettings, TtsSettings
 from voxmesh.mesh.sockets import log
-from voxmesh.supervisor.spec import ActorSpec
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 from .responder import Responder, make_responder
 from .session import Session
@@ -72,32 +74,21 @@ class RouterActor(Actor):
 
     def __init__(
         self,
-        name: str = "router",
+        name: str,
+        place: MeshPlace,
         *,
-        bind: str,
-        supervisor: str | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        segment: str | None = None,
-        expected: list[str] | None = None,
         responder: Responder,
         turn: TurnConfig | None = None,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
-        hold_s: float = 3.0,
+        expected: list[str] | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        super().__init__(
-            name,
-            supervisor=supervisor,
-            context=context,
-            heartbeat_s=heartbeat_s,
-            liveness=liveness,
-            secret=secret,
-        )
-        self.bind = bind
-        self.segment_name = segment
+        # The router binds ``place.router``: it does not link to a router itself.
+        super().__init__(name, dataclasses.replace(place, router=None), context=context)
+        assert place.router is not None, "the router needs an endpoint to bind"
+        self.bind = place.router
+        self.segment_name = place.segment or None
         self.expected = list(expected or [])
-        self.hold_s = hold_s
+        self.hold_s = hold_s = place.hold_s
         self.sessions: dict[str, Session] = {}
         # The real clock, on time.monotonic(): the base of the `now` _tick hands the engine.
         self.engine = TurnEngine(
@@ -416,25 +407,14 @@ class RouterActor(Actor):
 
 
 def build(spec: ActorSpec) -> RouterActor:
-    cfg = spec.section("router")
-    tts = spec.section("tts")
-    turn = TurnConfig(
-        interrupt_min_ms=int(cfg.get("interrupt_min_ms", 300)),
-        partial_interval_ms=int(spec.section("asr").get("partial_interval_ms", 600)),
-        watchdog_ms=int(cfg.get("watchdog_ms", 2000)),
-        first_chunk_words=int(tts.get("first_chunk_words", 6)),
-        hold_s=spec.hold_s,
+    router = spec.section(RouterSettings)
+    turn = TurnConfig.of(
+        router, spec.section(AsrSettings), spec.section(TtsSettings), spec.place.hold_s
     )
     return RouterActor(
         spec.name,
-        bind=spec.router,
-        supervisor=spec.supervisor,
-        segment=spec.segment,
-        expected=[str(x) for x in cfg.get("expected", [])],
-        responder=make_responder(cfg),
+        spec.place,
+        responder=make_responder(router),
         turn=turn,
-        heartbeat_s=spec.heartbeat_s,
-        liveness=spec.liveness,
-        secret=spec.secret or None,
-        hold_s=spec.hold_s,
+        expected=spec.expected,
     )

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from voxmesh.mesh.settings import RouterSettings
+
 
 class Responder(Protocol):
     name: str
@@ -86,15 +88,12 @@ def _delta_text(data: str) -> str:
         return ""
 
 
-def make_responder(cfg: dict[str, Any]) -> Responder:
-    kind = str(cfg.get("responder", "echo"))
-    if kind == "echo":
-        return EchoResponder()
-    if kind == "openai":
+def make_responder(settings: RouterSettings) -> Responder:
+    if settings.responder == "openai":
         return OpenAIResponder(
-            str(cfg.get("openai_url", "")),
-            str(cfg.get("openai_model", "")),
-            str(cfg.get("openai_api_key", "")),
-            str(cfg.get("system_prompt", "")),
+            settings.openai_url,
+            settings.openai_model,
+            settings.openai_api_key,
+            settings.system_prompt,
         )
-    raise ValueError(f"unknown responder {kind!r} (echo | openai)")
+    return EchoResponder()

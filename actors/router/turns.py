@@ -34,6 +34,7 @@ from voxmesh.mesh.protocol import (
     Transcript,
     VadEvent,
 )
+from voxmesh.mesh.settings import AsrSettings, MeshSettings, RouterSettings, TtsSettings
 from voxmesh.speech.chunking import SentenceChunker
 from voxmesh.speech.wer import normalize_text
 
@@ -84,11 +85,25 @@ BARGE_IN_ASR_LEAD = 16000 * 200 // 1000
 
 @dataclass(frozen=True)
 class TurnConfig:
-    interrupt_min_ms: int = 300
-    partial_interval_ms: int = 600
-    watchdog_ms: int = 2000
-    first_chunk_words: int = 6
-    hold_s: float = 3.0  # a reply waits this long for a TTS actor that is away
+    """What the engine needs of the settings (mesh/settings.py defines each one)."""
+
+    interrupt_min_ms: int = RouterSettings.interrupt_min_ms
+    partial_interval_ms: int = AsrSettings.partial_interval_ms
+    watchdog_ms: int = RouterSettings.watchdog_ms
+    first_chunk_words: int = TtsSettings.first_chunk_words
+    hold_s: float = MeshSettings.hold_s  # a reply waits this long for a TTS actor that is away
+
+    @classmethod
+    def of(
+        cls, router: RouterSettings, asr: AsrSettings, tts: TtsSettings, hold_s: float
+    ) -> TurnConfig:
+        return cls(
+            interrupt_min_ms=router.interrupt_min_ms,
+            partial_interval_ms=asr.partial_interval_ms,
+            watchdog_ms=router.watchdog_ms,
+            first_chunk_words=tts.first_chunk_words,
+            hold_s=hold_s,
+        )
 
 
 class TtsUnavailable(Exception):

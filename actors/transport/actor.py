@@ -10,7 +10,6 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -19,12 +18,13 @@ from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
 from voxmesh.mesh.ring import RingSegment
-from voxmesh.supervisor.spec import ActorSpec
+from voxmesh.mesh.settings import LiveKitSettings, ServerSettings
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 from .errors import ClientError
 from .links import ClientLink
 from .metrics import TransportStats, render
-from .pacer import SLOW_READER_S, RingWatcher
+from .pacer import RingWatcher
 from .server import WebServer
 from .session import Session
 
@@ -42,55 +42,30 @@ RESEND_WINDOW_S = 0.1
 HELD_EXPIRY_S = 0.25  # how often held requests are checked for their hold_s
 
 
-@dataclass(frozen=True)
-class LiveKitSettings:
-    url: str
-    api_key: str
-    api_secret: str
-    public_url: str = ""  # what browsers are told, when it differs from `url`
-
-
 class TransportActor(Actor):
     kind = "transport"
 
     def __init__(
         self,
-        name: str = "transport",
-        *,
-        router: str | None,
-        supervisor: str | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        segment: str,
-        host: str = "127.0.0.1",
-        port: int = 8080,
-        lead_ms: float = 60,
-        max_message_bytes: int = 1 << 20,
-        auth_token: str = "",
-        metrics_auth: bool = False,
-        slow_reader_s: float = SLOW_READER_S,
+        name: str,
+        place: MeshPlace,
+        settings: ServerSettings | None = None,
         livekit: LiveKitSettings | None = None,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
-        hold_s: float = 3.0,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         ring_poll_ms: float = 2.0,
     ) -> None:
-        super().__init__(
-            name,
-            router=router,
-            supervisor=supervisor,
-            context=context,
-            heartbeat_s=heartbeat_s,
-            liveness=liveness,
-            secret=secret,
-        )
-        self.segment_name = segment
-        self.lead_s = lead_ms / 1000
-        self.max_message_bytes = max_message_bytes
-        self.auth_token = auth_token
-        self.metrics_auth = metrics_auth  # GET /metrics needs the token too
-        self.slow_reader_s = slow_reader_s
-        self.livekit = livekit
+        super().__init__(name, place, context=context)
+        cfg = settings or ServerSettings()
+        self.segment_name = place.segment
+        self.lead_s = cfg.lead_ms / 1000
+        self.max_message_bytes = cfg.max_message_bytes
+        self.auth_token = cfg.auth_token
+        self.metrics_auth = cfg.metrics_auth  # GET /metrics needs the token too
+        self.slow_reader_s = cfg.slow_reader_s
+        self.livekit = livekit if livekit is not None and livekit.url else None
+        host, port = cfg.host, cfg.port
+        hold_s = place.hold_s
         self.stats = TransportStats()
         self.watcher = RingWatcher(ring_poll_ms / 1000)
         self.server = WebServer(self, host, port)
@@ -306,31 +281,6 @@ class TransportActor(Actor):
 
 
 def build(spec: ActorSpec) -> TransportActor:
-    server = spec.section("server")
-    lk = spec.section("livekit")
-    livekit = None
-    if lk.get("url"):
-        livekit = LiveKitSettings(
-            str(lk["url"]),
-            str(lk.get("api_key", "")),
-            str(lk.get("api_secret", "")),
-            public_url=str(lk.get("public_url", "")),
-        )
     return TransportActor(
-        spec.name,
-        router=spec.router,
-        supervisor=spec.supervisor,
-        segment=spec.segment,
-        host=str(server.get("host", "127.0.0.1")),
-        port=int(server.get("port", 8080)),
-        lead_ms=float(server.get("lead_ms", 60)),
-        max_message_bytes=int(server.get("max_message_bytes", 1 << 20)),
-        auth_token=str(server.get("auth_token", "")),
-        metrics_auth=bool(server.get("metrics_auth", False)),
-        slow_reader_s=float(server.get("slow_reader_s", SLOW_READER_S)),
-        livekit=livekit,
-        heartbeat_s=spec.heartbeat_s,
-        liveness=spec.liveness,
-        secret=spec.secret or None,
-        hold_s=spec.hold_s,
+        spec.name, spec.place, spec.section(ServerSettings), spec.section(LiveKitSettings)
     )

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from voxmesh.mesh.protocol import Message
 from voxmesh.mesh.ring import Slot
+from voxmesh.mesh.settings import ServerSettings
 
 from .links import ClientLink, DetailedClear
 from .metrics import TransportStats
@@ -26,7 +27,7 @@ from .playback import Playback
 
 log = logging.getLogger("voxmesh.transport")
 
-SLOW_READER_S: Final = 5.0  # default ``server.slow_reader_s``
+SLOW_READER_S: Final = ServerSettings.slow_reader_s
 
 # A slow reader is a client whose write has been held back for ``slow_reader_s``: every
 # write to the client is awaited under that timeout. This is the cleanest signal we have:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,8 @@ from voxmesh.mesh.protocol import (
     Stop,
 )
 from voxmesh.mesh.ring import RingSegment
-from voxmesh.supervisor.spec import ActorSpec
+from voxmesh.mesh.settings import TtsSettings
+from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 from .adapters import engine as make_engine
 from .models import ModelManager
@@ -44,35 +44,21 @@ class TtsActor(Actor):
     def __init__(
         self,
         name: str,
+        place: MeshPlace,
+        settings: TtsSettings | None = None,
         *,
-        router: str | None,
-        supervisor: str | None,
-        segment: str,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        engine: str = "mock",
-        voice: str = "",
-        preload: Iterable[str] = (),
-        resident_max: int = 2,
-        idle_ttl_s: float = 600.0,
-        engine_options: Mapping[str, Any] | None = None,
-        heartbeat_s: float = 0.5,
-        liveness: int = 3,
-        secret: str | None = None,
     ) -> None:
-        super().__init__(
-            name,
-            router=router,
-            supervisor=supervisor,
-            context=context,
-            heartbeat_s=heartbeat_s,
-            liveness=liveness,
-            secret=secret,
-        )
-        self.segment_name = segment
+        super().__init__(name, place, context=context)
+        self.settings = cfg = settings or TtsSettings()
+        self.segment_name = place.segment
         # Resolve the engine now: a bad engine name fails at build, not at the first SPEAK.
-        self.engine = make_engine(engine, {**(engine_options or {}), "voice": voice})
+        self.engine = make_engine(cfg.engine, {"voice": cfg.voice})
         self.models = ModelManager(
-            self.engine, preload=preload, resident_max=resident_max, idle_ttl_s=idle_ttl_s
+            self.engine,
+            preload=cfg.preload,
+            resident_max=cfg.resident_max,
+            idle_ttl_s=cfg.idle_ttl_s,
         )
         self.segment: RingSegment | None = None
         self.streamer: Streamer | None = None
@@ -168,17 +154,7 @@ class TtsActor(Actor):
 
 
 def build(spec: ActorSpec) -> TtsActor:
-    """The TTS actor of a supervisor-started process, from the ``[tts]`` config section."""
-    cfg = spec.section("tts")
+    """The TTS actor of a supervisor-started process, from its ``[tts]`` settings."""
     for key, value in spec.env.items():  # GPU pinning; the supervisor may have set it already
         os.environ.setdefault(key, value)
-    return TtsActor(
-        spec.name,
-        **spec.mesh_args(),
-        engine=str(cfg.get("engine", "piper")),
-        voice=str(cfg.get("voice", "")),
-        preload=[str(p) for p in cfg.get("preload", [])],
-        resident_max=int(cfg.get("resident_max", 2)),
-        idle_ttl_s=float(cfg.get("idle_ttl_s", 600)),
-        engine_options=cfg,
-    )
+    return TtsActor(spec.name, spec.place, spec.section(TtsSettings))
