@@ -1,4 +1,4 @@
-"""Scenario ``faults``: kill -9 of each actor while sessions stream (DESIGN section 6).
+"""Scenario ``faults``: kill -9 of each actor while sessions stream (docs/bench.md).
 
 Target: "kill -9 of any actor -> a fresh session served <= 1 s p95, nothing lost". Each
 trial opens 4 sessions whose microphones stream silence and which say one reply after
@@ -31,14 +31,14 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 
-from voxmesh.client import WsClient, streaming_session
+from voxmesh.client import ConnectError, WsClient, open_session, ws_session
+from voxmesh.supervisor.status import StatusUnavailable
 
-from .mesh import Mesh, http_get, pool
+from .mesh import Mesh, pool
 from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
 
@@ -111,7 +111,7 @@ async def say_to_end(client: WsClient, text: str, log: list[Say]) -> Say:
 
 def streaming(url: str) -> contextlib.AbstractAsyncContextManager[WsClient]:
     """A session whose microphone streams silence while it is open."""
-    return streaming_session(url, MIC_RATE, player=False)
+    return ws_session(url, sample_rate=MIC_RATE, stream_silence=True)
 
 
 class Talker:
@@ -154,8 +154,8 @@ async def fresh_session_served(mesh: Mesh, t_kill: float, log: list[Say]) -> flo
     deadline = t_kill + SERVED_S
     while (left := deadline - time.monotonic()) > 0:
         try:
-            client = await WsClient.connect(mesh.ws_url, player=False, timeout=min(left, 3.0))
-        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
+            client = await open_session(mesh.ws_url, timeout=min(left, 3.0))
+        except ConnectError:
             await asyncio.sleep(0.02)  # the transport is not back yet
             continue
         try:
@@ -175,19 +175,11 @@ async def fresh_session_served(mesh: Mesh, t_kill: float, log: list[Say]) -> flo
 
 
 def actor_pids(mesh: Mesh) -> dict[str, int | None]:
-    from voxmesh.supervisor.status import StatusUnavailable, query
-
-    endpoint = f"ipc://{Path(mesh.env['VOXMESH_MESH_RUN_DIR']) / 'supervisor.sock'}"
+    """name -> pid of every actor; {} while the supervisor does not answer (busy)."""
     try:
-        status = query(endpoint, timeout_s=3.0)
+        return mesh.actor_pids()
     except StatusUnavailable:
         return {}
-    return {str(a.get("name")): a.get("pid") for a in status.actors}
-
-
-def healthy(mesh: Mesh) -> bool:
-    got = http_get(mesh.url + "/health", timeout_s=2.0)
-    return got is not None and got[0] == 200
 
 
 def wait_ready(mesh: Mesh, timeout_s: float = BACK_S) -> None:
@@ -197,7 +189,7 @@ def wait_ready(mesh: Mesh, timeout_s: float = BACK_S) -> None:
         if mesh.proc.poll() is not None:
             raise RuntimeError(f"the mesh exited ({mesh.proc.returncode}): {mesh.log_tail(5)}")
         pids = actor_pids(mesh)
-        if all(pids.get(n) for n in ACTORS) and healthy(mesh):
+        if all(pids.get(n) for n in ACTORS) and mesh.healthy():
             return
         time.sleep(0.05)
     raise RuntimeError(f"the mesh was not ready within {timeout_s:.0f} s: {actor_pids(mesh)}")
@@ -216,7 +208,7 @@ def wait_back(mesh: Mesh, name: str, old_pid: int) -> float | None:
     deadline = time.monotonic() + BACK_S
     while time.monotonic() < deadline:
         pid = actor_pids(mesh).get(name)
-        if pid and pid != old_pid and healthy(mesh):
+        if pid and pid != old_pid and mesh.healthy():
             return time.monotonic()
         time.sleep(0.02)
     return None

@@ -1,6 +1,6 @@
 """Scenarios through a real mesh over WebSocket: pause, first-audio latency, jitter and scale.
 
-Each drives sessions the way a client does (``bench/client.py``) against ``voxmesh up``
+Each drives sessions with the package's client (``client/``) against ``voxmesh up``
 started by ``bench/mesh.py``; times are the client's ``time.monotonic()`` on arrival, and
 the server's own stamps where an event carries them (same host, same clock).
 """
@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from voxmesh.client import WsClient, event_is, ws_session
+
 from . import baselines, speech
-from .client import BenchClient, is_event, is_frame
 from .mesh import Mesh, pool
 from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
@@ -25,31 +26,35 @@ from .report import Figure, Row
 FRAME_S = 0.02
 
 
-async def _clients(mesh: Mesh, n: int, stack: contextlib.AsyncExitStack) -> list[BenchClient]:
-    return [await stack.enter_async_context(BenchClient(mesh.ws_url)) for _ in range(n)]
+async def _clients(mesh: Mesh, n: int, stack: contextlib.AsyncExitStack) -> list[WsClient]:
+    return [await stack.enter_async_context(ws_session(mesh.ws_url)) for _ in range(n)]
 
 
-async def _settle(c: BenchClient) -> None:
+async def _settle(c: WsClient) -> None:
     """Stop whatever the bot says and wait for silence, so the next trial starts clean."""
-    await c.send({"type": "interrupt"})
-    await c.quiet(0.25, 5.0)
+    await c.interrupt()
+    await c.wait_quiet(0.25, 5.0)
+
+
+def _issued_clear(event: dict[str, object]) -> bool:
+    return event.get("type") == "clear" and bool(event.get("t_issued"))
 
 
 # --- 1. pause through the mesh ---------------------------------------------------------------
 
 
-async def _pause_client(c: BenchClient, trials: int, rng: random.Random) -> list[dict[str, float]]:
+async def _pause_client(c: WsClient, trials: int, rng: random.Random) -> list[dict[str, float]]:
     out = []
     for _ in range(trials):
-        first = c.expect(is_frame)
-        await c.send({"type": "say", "text": speech.LONG_REPLY})
-        await asyncio.wait_for(first, 15.0)
+        first = len(c.frames)
+        await c.say(speech.LONG_REPLY)
+        await c.wait_frame(first, 15.0)
         await asyncio.sleep(rng.uniform(0.3, 1.0))
-        clear = c.expect(lambda a: a.kind == "clear" and bool(a.event.get("t_issued")))
-        t_sent = await c.send({"type": "interrupt"})
-        got = await asyncio.wait_for(clear, 5.0)
-        t_issued = float(got.event["t_issued"])
-        t_last = float(got.event.get("t_last_frame") or 0.0)
+        since = c.mark()
+        t_sent = await c.interrupt()
+        got = await c.next_event(_issued_clear, 5.0, since=since)
+        t_issued = float(got.data["t_issued"])
+        t_last = float(got.data.get("t_last_frame") or 0.0)
         out.append(
             {
                 "stop_ms": (max(t_last, got.t) - t_issued) * 1e3,
@@ -59,7 +64,7 @@ async def _pause_client(c: BenchClient, trials: int, rng: random.Random) -> list
                 "to_client_ms": (got.t - t_issued) * 1e3,
             }
         )
-        await c.quiet(0.25, 5.0)
+        await c.wait_quiet(0.25, 5.0)
     return out
 
 
@@ -119,15 +124,15 @@ async def _fal_run(
     """(text sent -> first frame, text sent -> audio_start event) per text, in ms;
     ``between(text)`` runs after each trial (a baseline measured under the same load)."""
     fal, start = [], []
-    async with BenchClient(mesh.ws_url) as c:
+    async with ws_session(mesh.ws_url) as c:
         for text in texts:
-            first = c.expect(is_frame)
-            started = c.expect(is_event("audio_start"))
-            t0 = await c.send({"type": "text", "text": text})
-            got = await asyncio.wait_for(first, 15.0)
+            first, since = len(c.frames), c.mark()
+            t0 = await c.text(text)
+            got = await c.wait_frame(first, 15.0)
             fal.append((got.t - t0) * 1e3)
             with contextlib.suppress(TimeoutError):
-                start.append(((await asyncio.wait_for(started, 1.0)).t - t0) * 1e3)
+                started = await c.next_event(event_is("audio_start"), 1.0, since=since)
+                start.append((started.t - t0) * 1e3)
             await _settle(c)
             if between is not None:
                 between(text)
@@ -191,14 +196,19 @@ async def _stream_run(mesh: Mesh, n: int, text: str) -> list[list[float]]:
     """``n`` sessions each play ``text`` to the end; every session's frame arrival times."""
     async with contextlib.AsyncExitStack() as stack:
         clients = await _clients(mesh, n, stack)
-        ends = [c.expect(is_event("audio_end")) for c in clients]
+        marks = [c.mark() for c in clients]
         for c in clients:
-            await c.send({"type": "say", "text": text})
+            await c.say(text)
         audio_s = len(text) * 0.06
-        done = await asyncio.wait(ends, timeout=audio_s * 2 + 10.0)
-        for fut in done[1]:
-            fut.cancel()
-        return [list(c.frames) for c in clients]
+        # A session whose audio never ends shows as dropped frames, not as a failure.
+        await asyncio.gather(
+            *(
+                c.wait_event("audio_end", audio_s * 2 + 10.0, since=since)
+                for c, since in zip(clients, marks, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        return [c.frame_times() for c in clients]
 
 
 def _metric_delta(before: dict[str, float], after: dict[str, float], name: str) -> int:
@@ -209,14 +219,14 @@ def _metric_delta(before: dict[str, float], after: dict[str, float], name: str) 
 def _scale_mock(ctx: BenchContext, out: Outcome) -> None:
     from voxmesh.actors.tts.adapters import mock_samples
 
-    base = ctx.session_ladder([1, 4, 16])  # always measured: DESIGN's reference points
+    base = ctx.session_ladder([1, 4, 16])  # always measured: docs/bench.md's reference points
     ladder = ctx.session_ladder([1, 4, 16] if ctx.quick else [1, 4, 16, 64, 128, 256])
     text = "x" * (50 if ctx.quick else 134)  # 3 s or 8 s of mock audio per session
     expected = math.ceil(mock_samples(text) / 960)
-    default_slots = int(speech.mesh_config()["mesh"]["max_sessions"])
+    default_slots = speech.mesh_config().mesh.max_sessions
     slots = {} if max(ladder) <= default_slots else {"VOXMESH_MESH_MAX_SESSIONS": str(max(ladder))}
     mesh = pool(ctx).get("mock", slots)
-    skip = int(speech.mesh_config()["server"]["lead_ms"]) // 20 + 1
+    skip = int(speech.mesh_config().server.lead_ms) // 20 + 1
     jitter = Figure(
         "jitter", "Frame arrival vs the 20 ms grid, by sessions (mock TTS)",
         "per session, |arrival of frame k - (phase + k x 20 ms)| after the lead burst, "
@@ -265,12 +275,12 @@ async def _fal_sessions(mesh: Mesh, n: int, texts: list[str]) -> list[float]:
     async with contextlib.AsyncExitStack() as stack:
         clients = await _clients(mesh, n, stack)
 
-        async def one(c: BenchClient, offset: int) -> list[float]:
+        async def one(c: WsClient, offset: int) -> list[float]:
             got = []
             for text in texts[offset:] + texts[:offset]:
-                first = c.expect(is_frame)
-                t0 = await c.send({"type": "text", "text": text})
-                got.append(((await asyncio.wait_for(first, 30.0)).t - t0) * 1e3)
+                first = len(c.frames)
+                t0 = await c.text(text)
+                got.append(((await c.wait_frame(first, 30.0)).t - t0) * 1e3)
                 await _settle(c)
             return got
 

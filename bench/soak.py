@@ -47,10 +47,7 @@ def usage(mesh: Mesh) -> dict[str, Usage]:
 
 
 def restarts(mesh: Mesh) -> dict[str, int]:
-    from voxmesh.supervisor.status import query
-
-    endpoint = f"ipc://{mesh.env['VOXMESH_MESH_RUN_DIR']}/supervisor.sock"
-    return {str(a["name"]): int(a.get("restarts", 0)) for a in query(endpoint, 3.0).actors}
+    return {str(a["name"]): int(a.get("restarts", 0)) for a in mesh.status().actors}
 
 
 async def _soak(mesh: Mesh, seconds: float, log: list[str]) -> dict[str, object]:

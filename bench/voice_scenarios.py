@@ -1,7 +1,8 @@
 """Scenarios with a voice: voice-to-voice and barge-in through the mesh (real VAD and ASR).
 
 User speech is Piper's (``bench/speech.py``), made before any session starts and streamed
-by ``MicStreamer`` in real-time 20 ms packets, silence in between, as a microphone would.
+by the client's ``MicStream`` in real-time 20 ms packets, silence in between, as a
+microphone would.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import random
 
 import numpy as np
 
+from voxmesh.client import EventPredicate, MicStream, event_is, ws_session
+
 from . import baselines, speech
-from .client import Arrival, BenchClient, MicStreamer, Predicate, is_event, is_frame
 from .mesh import Mesh, pool
 from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
@@ -28,40 +30,43 @@ V2V_STAGES = (
 )
 
 
-def _is_vad(event: str) -> Predicate:
-    return is_event("vad", event=event)
+def _is_vad(event: str) -> EventPredicate:
+    return event_is("vad", event=event)
+
+
+STAGE_EVENTS = {
+    "vad_end": _is_vad("speech_end"),
+    "transcript": event_is("transcript", final=True),
+    "audio_start": event_is("audio_start"),
+}
+
+
+async def _sent_at(mic: MicStream, sample: int) -> float:
+    """When the packet holding ``sample`` left (waiting for it, should an answer be first)."""
+    await mic.wait_sent(sample + 1)
+    t = mic.sent_time(sample)
+    assert t is not None
+    return t
 
 
 async def _v2v_run(mesh: Mesh, clips: list[tuple[np.ndarray, int, int]]) -> list[dict[str, float]]:
     out = []
-    async with BenchClient(mesh.ws_url) as c:
-        mic = MicStreamer(c)
-        mic.start()
-        try:
-            await asyncio.sleep(0.5)
-            for audio, _, last in clips:
-                waits = {
-                    "frame": c.expect(is_frame),
-                    "vad_end": c.expect(_is_vad("speech_end")),
-                    "transcript": c.expect(is_event("transcript", final=True)),
-                    "audio_start": c.expect(is_event("audio_start")),
-                }
-                start = mic.play(audio)
-                got: Arrival = await asyncio.wait_for(waits["frame"], audio.size / MIC_RATE + 15)
-                t_last = mic.sent_at(start + last - 1)
-                trial = {"v2v": (got.t - t_last) * 1e3}
-                for key, _label in V2V_STAGES:
-                    fut = waits[key]
-                    if fut.done():
-                        trial[key] = (fut.result().t - t_last) * 1e3
-                    else:
-                        fut.cancel()
-                out.append(trial)
-                await asyncio.sleep(0.3)
-                await c.send({"type": "interrupt"})
-                await c.quiet(0.3, 10.0)
-        finally:
-            await mic.stop()
+    async with ws_session(mesh.ws_url) as c, MicStream(c, MIC_RATE) as mic:
+        await asyncio.sleep(0.5)
+        for audio, _, last in clips:
+            since, first = c.mark(), len(c.frames)
+            start = mic.queue(audio) - audio.size
+            got = await c.wait_frame(first, audio.size / MIC_RATE + 15)
+            t_last = await _sent_at(mic, start + last - 1)
+            trial = {"v2v": (got.t - t_last) * 1e3}
+            for key, _label in V2V_STAGES:
+                stage = c.find(STAGE_EVENTS[key], since)  # what came by the first frame
+                if stage is not None:
+                    trial[key] = (stage.t - t_last) * 1e3
+            out.append(trial)
+            await asyncio.sleep(0.3)
+            await c.interrupt()
+            await c.wait_quiet(0.3, 10.0)
     return out
 
 
@@ -103,39 +108,32 @@ async def _barge_run(
     mesh: Mesh, clips: list[tuple[np.ndarray, int, int]], rng: random.Random
 ) -> list[dict[str, float]]:
     out = []
-    async with BenchClient(mesh.ws_url) as c:
-        mic = MicStreamer(c)
-        mic.start()
-        try:
-            for audio, first, _ in clips:
-                playing = c.expect(is_frame)
-                await c.send({"type": "say", "text": speech.LONG_REPLY})
-                await asyncio.wait_for(playing, 15.0)
-                await asyncio.sleep(rng.uniform(0.5, 1.2))
-                clear = c.expect(lambda a: a.kind == "clear")
-                onset = c.expect(_is_vad("speech_start"))
-                start = mic.play(audio)
-                got = await asyncio.wait_for(clear, audio.size / MIC_RATE + 5.0)
-                t_onset = mic.sent_at(start + first)
-                t_last = got.event.get("t_last_frame")
-                if not t_last:  # no server stamp: the last frame to arrive before the clear
-                    t_last = max((t for t in c.frames if t < got.t), default=got.t)
-                trial = {"barge": (float(t_last) - t_onset) * 1e3}
-                if onset.done():
-                    trial["vad"] = (onset.result().t - t_onset) * 1e3
-                else:
-                    onset.cancel()
-                out.append(trial)
-                # Measured: cut the user short, let the VAD close the turn, then silence any
-                # reply to it, so the next trial starts with nothing in flight.
-                turn_end = c.expect(_is_vad("speech_end"))
-                mic.drop()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(turn_end, 5.0)
-                await c.send({"type": "interrupt"})
-                await c.quiet(0.5, 10.0)
-        finally:
-            await mic.stop()
+    async with ws_session(mesh.ws_url) as c, MicStream(c, MIC_RATE) as mic:
+        for audio, first, _ in clips:
+            playing = len(c.frames)
+            await c.say(speech.LONG_REPLY)
+            await c.wait_frame(playing, 15.0)
+            await asyncio.sleep(rng.uniform(0.5, 1.2))
+            since = c.mark()
+            start = mic.queue(audio) - audio.size
+            got = await c.next_event(event_is("clear"), audio.size / MIC_RATE + 5.0, since=since)
+            t_onset = await _sent_at(mic, start + first)
+            t_last = got.data.get("t_last_frame")
+            if not t_last:  # no server stamp: the last frame to arrive before the clear
+                t_last = max((t for t in c.frame_times() if t < got.t), default=got.t)
+            trial = {"barge": (float(t_last) - t_onset) * 1e3}
+            onset = c.find(_is_vad("speech_start"), since)
+            if onset is not None:
+                trial["vad"] = (onset.t - t_onset) * 1e3
+            out.append(trial)
+            # Measured: cut the user short, let the VAD close the turn, then silence any
+            # reply to it, so the next trial starts with nothing in flight.
+            turn_end = c.mark()
+            mic.drop()
+            with contextlib.suppress(TimeoutError):
+                await c.next_event(_is_vad("speech_end"), 5.0, since=turn_end)
+            await c.interrupt()
+            await c.wait_quiet(0.5, 10.0)
     return out
 
 
@@ -165,5 +163,5 @@ def barge_scenario(ctx: BenchContext, out: Outcome) -> None:
     fig.notes.append(
         f"median split: the VAD needs {np.median(decided):.0f} ms of audio to decide "
         f"speech_start (min_speech_ms + 32 ms chunks); the rest of the {barge:.0f} ms is "
-        "the VAD actor's polling, router -> HOLD -> transport, and the frame in flight"
+        "the VAD actor's wake-up, router -> HOLD -> transport, and the frame in flight"
     )

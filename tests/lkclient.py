@@ -1,15 +1,17 @@
 """A Python LiveKit client that does what the web page does, for tests and latency runs.
 
     async with await LkClient.join("http://127.0.0.1:8080/") as c:   # POST /session, join
-        c.mic.play(pcm16k)                        # speak into the (always running) mic
-        ev = await c.wait_event("transcript", 20, final=True)
+        start = c.mic.queue(pcm16k) - pcm16k.size  # speak into the (always running) mic
+        ev = await c.next_event(event_is("transcript", final=True), 20)
         c.loud_since(t)                           # arrival times of audible agent frames
 
-The mic is a real-time stream like a browser's: 20 ms frames at 48 kHz on an absolute
-schedule, silence when nothing is queued; ``mic.sent_at(i)`` is when the frame holding 16 kHz
-sample ``i`` left the source's small queue for WebRTC. Every data-channel event (topic
-``voxmesh``) and every 10 ms frame of the agent's track is kept with its ``time.monotonic()``
-arrival time.
+A different transport from ``WsClient``, the same client otherwise: the data channel's
+events (topic ``voxmesh``) go into the package's ``EventLog`` (``client/events.py``), and
+the mic is its ``MicStream`` (``client/mic.py``) sending into a track instead of a socket:
+20 ms packets at 16 kHz on an absolute schedule, silence when nothing is queued, each
+resampled to the 48 kHz a browser's mic track carries; ``mic.sent_time(i)`` is when the
+packet holding sample ``i`` left the source's small queue for WebRTC. Every 10 ms frame of
+the agent's track is kept with its ``time.monotonic()`` arrival time and loudness.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -28,99 +27,55 @@ import numpy as np
 import soxr
 from livekit import rtc
 
+from voxmesh.client import EventLog, MicStream, rms
+
 TOPIC = "voxmesh"
 AGENT = "voxmesh-agent"
-MIC_RATE = 16_000  # what callers hand to ``play``
+MIC_RATE = 16_000  # what callers queue on the mic
 TRACK_RATE = 48_000  # what the track carries, as a browser's mic does
-FRAME_S = 0.02
 QUEUE_MS = 20  # the source's own buffer: the least that works (0 stalls capture_frame)
 LOUD_RMS = 300.0  # decoded silence is ~0; Piper speech is in the thousands
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    t: float
-    data: dict[str, Any]
+class TrackSender:
+    """A mic track's source as the ``MicStream``'s sender: 16 kHz packets in, 48 kHz out."""
 
-
-def rms(pcm: bytes | np.ndarray) -> float:
-    x = np.frombuffer(pcm, "<i2") if isinstance(pcm, bytes) else np.asarray(pcm)
-    x = x.astype(np.float64)
-    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-
-
-class Mic:
-    """Publishes a mic track and streams into it in real time (see the module docstring)."""
-
-    def __init__(self, room: rtc.Room) -> None:
-        self.room = room
+    def __init__(self) -> None:
         self.source = rtc.AudioSource(TRACK_RATE, 1, queue_size_ms=QUEUE_MS)
-        self.position = 0  # 16 kHz samples streamed so far
-        self.frame_times: list[float] = []
-        self._queue: list[np.ndarray] = []
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def publish(self, room: rtc.Room) -> None:
         track = rtc.LocalAudioTrack.create_audio_track("mic", self.source)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.room.local_participant.publish_track(track, opts)
-        self._task = asyncio.create_task(self._run())
+        await room.local_participant.publish_track(track, opts)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.source.aclose()
-
-    def play(self, pcm: np.ndarray) -> int:
-        """Queue 16 kHz ``pcm``; the absolute index of its first sample."""
-        queued = sum(x.size for x in self._queue)
-        self._queue.append(np.asarray(pcm, np.int16))
-        return self.position + queued
-
-    def sent_at(self, sample: int) -> float:
-        return self.frame_times[sample // int(MIC_RATE * FRAME_S)]
-
-    def _next_frame(self) -> np.ndarray:
-        n = int(MIC_RATE * FRAME_S)
-        out = np.zeros(n, np.int16)
-        filled = 0
-        while filled < n and self._queue:
-            head = self._queue[0]
-            take = min(head.size, n - filled)
-            out[filled : filled + take] = head[:take]
-            filled += take
-            self._queue[0] = head[take:]
-            if not self._queue[0].size:
-                self._queue.pop(0)
-        return out
-
-    async def _run(self) -> None:
-        t0 = time.monotonic()
-        n = 0
-        while True:
-            n += 1
-            # A frame goes in once its 20 ms have been "recorded", as with a real microphone.
-            await asyncio.sleep(max(0.0, t0 + n * FRAME_S - time.monotonic()))
-            up = soxr.resample(self._next_frame(), MIC_RATE, TRACK_RATE).astype(np.int16)
-            await self.source.capture_frame(rtc.AudioFrame(up.tobytes(), TRACK_RATE, 1, up.size))
-            # The frame's end leaves the source's queue (into WebRTC) once the queue drains.
-            self.frame_times.append(time.monotonic() + self.source.queued_duration)
-            self.position += int(MIC_RATE * FRAME_S)
+    async def send_bytes(self, data: bytes) -> float:
+        up = soxr.resample(np.frombuffer(data, "<i2"), MIC_RATE, TRACK_RATE).astype(np.int16)
+        await self.source.capture_frame(rtc.AudioFrame(up.tobytes(), TRACK_RATE, 1, up.size))
+        # The packet's end leaves the source's queue (into WebRTC) once the queue drains.
+        return time.monotonic() + self.source.queued_duration
 
 
-class LkClient:
+async def hear(track: rtc.Track, heard: list[tuple[float, float]]) -> None:
+    """Append (arrival, rms) of every 10 ms frame of ``track`` to ``heard`` until it ends."""
+    stream = rtc.AudioStream.from_track(track=track, sample_rate=TRACK_RATE, num_channels=1)
+    try:
+        async for ev in stream:
+            heard.append((time.monotonic(), rms(ev.frame.data.tobytes())))
+    finally:
+        await stream.aclose()
+
+
+class LkClient(EventLog):
     def __init__(self, session: dict[str, str]) -> None:
+        super().__init__()
         self.session = session
         self.room = rtc.Room()
-        self.mic = Mic(self.room)
-        self.events: list[Event] = []
+        self.track = TrackSender()
+        self.mic = MicStream(self.track, MIC_RATE)
         self.heard: list[tuple[float, float]] = []  # (arrival, rms) per 10 ms agent frame
         self.agent_track: tuple[str, str] | None = None  # (identity, track name)
         self.agent_audio: rtc.Track | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._changed = asyncio.Event()
 
     @classmethod
     async def join(cls, base_url: str, *, mic: bool = True, timeout: float = 10.0) -> LkClient:
@@ -147,10 +102,14 @@ class LkClient:
             self.room.connect(self.session["url"], self.session["token"]), timeout
         )
         if mic:
-            await self.mic.start()
+            await self.track.publish(self.room)
+            self.mic.start()
 
     async def close(self) -> None:
-        await self.mic.stop()
+        with contextlib.suppress(Exception):  # what stopped the mic is no news at the end
+            await self.mic.stop()
+        with contextlib.suppress(Exception):
+            await self.track.source.aclose()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.room.disconnect(), 10)
         for t in self._tasks:
@@ -160,12 +119,7 @@ class LkClient:
     async def __aenter__(self) -> LkClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     # --- receiving ----------------------------------------------------------------------------
@@ -174,20 +128,11 @@ class LkClient:
         if track.kind == rtc.TrackKind.KIND_AUDIO and p.identity == AGENT:
             self.agent_track = (p.identity, track.name)
             self.agent_audio = track
-            self._tasks.append(asyncio.create_task(self._listen(track)))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream.from_track(track=track, sample_rate=TRACK_RATE, num_channels=1)
-        try:
-            async for ev in stream:
-                self.heard.append((time.monotonic(), rms(ev.frame.data.tobytes())))
-        finally:
-            await stream.aclose()
+            self._tasks.append(asyncio.create_task(hear(track, self.heard)))
 
     def _on_data(self, pkt: rtc.DataPacket) -> None:
         if pkt.topic == TOPIC:
-            self.events.append(Event(time.monotonic(), json.loads(pkt.data)))
-            self._changed.set()
+            self.record(json.loads(pkt.data))
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -197,42 +142,7 @@ class LkClient:
         await self.room.local_participant.publish_data(json.dumps(msg), reliable=True, topic=TOPIC)
         return t
 
-    # --- waiting and reading -----------------------------------------------------------------
-
-    def mark(self) -> int:
-        return len(self.events)
-
-    def types(self, since: int = 0) -> list[str]:
-        return [str(e.data.get("type")) for e in self.events[since:]]
-
-    def events_of(self, kind: str, since: int = 0) -> list[Event]:
-        return [e for e in self.events[since:] if e.data.get("type") == kind]
-
-    async def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], timeout: float, *, since: int = 0
-    ) -> Event:
-        deadline = time.monotonic() + timeout
-        checked = since
-        while True:
-            for ev in self.events[checked:]:
-                if pred(ev.data):
-                    return ev
-            checked = len(self.events)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no matching event within {timeout} s; got {self.types(since)}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
-
-    async def wait_event(
-        self, kind: str, timeout: float, *, since: int = 0, **fields: Any
-    ) -> Event:
-        return await self.wait_for(
-            lambda e: e.get("type") == kind and all(e.get(k) == v for k, v in fields.items()),
-            timeout,
-            since=since,
-        )
+    # --- the agent's audio ---------------------------------------------------------------------
 
     def loud_since(self, t: float, threshold: float = LOUD_RMS) -> list[float]:
         """Arrival times of agent frames louder than ``threshold`` that arrived at/after ``t``."""

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from meshproc import MeshProc, mesh_up
-from wsclient import WsClient
 
 from voxmesh.actors.tts.adapters import mock_pcm, mock_samples
+from voxmesh.client import WsClient
 from voxmesh.speech.chunking import split_for_speech
 
 FRAME_BYTES = 1920

@@ -17,9 +17,9 @@ import pytest
 import soxr
 from meshproc import MeshProc, mesh_up
 from speechgen import piper_wav, speech_bounds
-from wsclient import MicStream, WsClient
 
 from voxmesh.actors.tts.adapters import mock_pcm, mock_samples
+from voxmesh.client import MicStream, WsClient
 from voxmesh.speech.asr import WhisperAsr
 from voxmesh.speech.wer import word_error_rate
 

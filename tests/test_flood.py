@@ -23,8 +23,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshproc import MeshProc, http_status, mesh_up, wait_for
-from wsclient import WsClient
 
+from voxmesh.client import WsClient
 from voxmesh.mesh import protocol
 
 FLOOD_S = float(os.environ.get("VOXMESH_TEST_FLOOD_S", "30"))
@@ -83,7 +83,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProc]:
 
 
 def restarts(mesh: MeshProc) -> dict[str, int]:
-    return {row["name"]: int(row["restarts"]) for row in mesh.status()["actors"]}
+    return {row["name"]: int(row["restarts"]) for row in mesh.status().actors}
 
 
 async def say_and_hear(client: WsClient, text: str, timeout: float = 10) -> float:
@@ -136,7 +136,7 @@ async def test_a_flood_of_router_sock_restarts_nothing_and_the_mesh_serves_on(
     assert http_status(mesh.url + "health") == 200
 
     def router_info() -> dict[str, object]:
-        return next(r for r in mesh.status()["actors"] if r["name"] == "router")["info"]
+        return next(r for r in mesh.status().actors if r["name"] == "router")["info"]
 
     # Our client has left; a forged session would stay (the heartbeat info lags by 0.5 s).
     wait_for(lambda: router_info().get("sessions") == 0, 5, "no session in the router")

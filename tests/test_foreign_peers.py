@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 from meshproc import MeshProc, mesh_up
-from wsclient import WsClient
 
+from voxmesh.client import WsClient
 from voxmesh.mesh import protocol
 from voxmesh.mesh.protocol import (
     ClientInterrupt,

@@ -22,9 +22,11 @@ import pytest
 from aiohttp import web
 from browser import launch, require_browser
 from livekit import api, rtc
+from lkclient import hear
 
 from voxmesh.actors.transport.links import ClientLink, SessionHandle
 from voxmesh.actors.transport.livekit_bridge import AGENT_IDENTITY, TOPIC, LiveKitBridge
+from voxmesh.client import rms
 
 try:  # tests/ may or may not become a package
     from .lkserver import LiveKitServerError, LiveKitServerInfo, running_livekit_server
@@ -49,11 +51,6 @@ def tone(n_frames: int, hz: float = 440.0, rate: int = 48_000, size: int = FRAME
     t = np.arange(n_frames * size) / rate
     pcm = (0.3 * 32767 * np.sin(2 * math.pi * hz * t)).astype("<i2")
     return [pcm[i * size : (i + 1) * size].tobytes() for i in range(n_frames)]
-
-
-def rms(pcm: bytes) -> float:
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
 
 
 def has_loud(pcm: bytes | bytearray, step: int = 640) -> bool:
@@ -142,15 +139,7 @@ class FakeBrowser:
     def _on_track(self, track: rtc.Track, pub: Any, p: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             self.agent_track = (p.identity, track.name)
-            self.tasks.append(asyncio.create_task(self._listen(track)))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream.from_track(track=track, sample_rate=48_000, num_channels=1)
-        try:
-            async for ev in stream:
-                self.heard.append((time.monotonic(), rms(ev.frame.data.tobytes())))
-        finally:
-            await stream.aclose()
+            self.tasks.append(asyncio.create_task(hear(track, self.heard)))
 
     def _on_data(self, pkt: rtc.DataPacket) -> None:
         if pkt.topic == TOPIC:

@@ -25,13 +25,13 @@ import pytest
 from voxmesh.actors.transport import server as transport_server
 from voxmesh.actors.transport.metrics import TransportStats
 from voxmesh.actors.transport.pacer import Pacer
+from voxmesh.client import WsClient
 from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientText, SessionClose
 from voxmesh.mesh.ring import FLAG_FIRST, OUT_FRAME_BYTES, Geometry, RingSegment, Slot, segment_name
 
 try:  # tests/ may or may not become a package
     from .test_transport import Mesh, MeshFactory, make_mesh, mesh, until, utterance_frames
-    from .wsclient import WsClient
 except ImportError:
     from test_transport import (  # type: ignore[no-redef]
         Mesh,
@@ -41,7 +41,6 @@ except ImportError:
         until,
         utterance_frames,
     )
-    from wsclient import WsClient  # type: ignore[no-redef]
 
 __all__ = ["make_mesh", "mesh"]  # the fixtures, imported to be used here
 
