@@ -16,7 +16,7 @@ import zmq
 
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.protocol import AsrRequest, Message, SessionClose, SessionOpen, Transcript
-from voxmesh.mesh.ring import MIC_RATE, RingSegment
+from voxmesh.mesh.ring import MIC_ASR, MIC_RATE, RingSegment
 from voxmesh.mesh.settings import AsrSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
@@ -25,35 +25,49 @@ from voxmesh.speech.asr import WhisperAsr
 from .micreader import Idle, MicSession, check_slot
 
 KEEP_S = 30
-POLL_S = 0.02
 
 
 class MicBuffer:
-    """The tail of one session's mic stream with absolute sample positions (gaps = silence)."""
+    """The last ``keep`` samples of one session's mic stream at absolute sample positions
+    (gaps = silence), in a fixed array: sample ``i`` lives at ``i % keep``, so an append
+    costs its own samples, never a copy of the buffer."""
 
     def __init__(self, keep: int = KEEP_S * MIC_RATE) -> None:
         self.keep = keep
-        self.start = 0  # absolute index of data[0]
-        self.data = np.zeros(0, np.int16)
+        self.end = 0  # absolute index of the next sample
+        self._ring = np.zeros(keep, np.int16)
 
     @property
-    def end(self) -> int:
-        return self.start + self.data.size
+    def start(self) -> int:
+        """Absolute index of the oldest sample kept."""
+        return max(0, self.end - self.keep)
 
     def append(self, at: int, pcm: np.ndarray) -> None:
-        if at > self.end:  # frames lost to an overrun: keep positions right
-            pcm = np.concatenate([np.zeros(at - self.end, np.int16), pcm])
-        elif at < self.end:
+        if at < self.end:  # already have the start of it
             pcm = pcm[self.end - at :]
-        self.data = np.concatenate([self.data, pcm])
-        if self.data.size > self.keep:
-            drop = self.data.size - self.keep
-            self.data = self.data[drop:]
-            self.start += drop
+            at = self.end
+        if at > self.end:  # frames lost to an overrun: keep positions right
+            gap = min(at - self.end, self.keep)
+            self._put(at - gap, np.zeros(gap, np.int16))
+        self._put(at, pcm)
+        self.end = at + pcm.size
+
+    def _put(self, at: int, pcm: np.ndarray) -> None:
+        if pcm.size > self.keep:  # only its last ``keep`` samples survive
+            at, pcm = at + pcm.size - self.keep, pcm[-self.keep :]
+        lo = at % self.keep
+        first = min(pcm.size, self.keep - lo)
+        self._ring[lo : lo + first] = pcm[:first]
+        self._ring[: pcm.size - first] = pcm[first:]
 
     def span(self, start: int, end: int) -> np.ndarray:
-        lo, hi = max(start, self.start) - self.start, min(end, self.end) - self.start
-        return self.data[lo:hi] if hi > lo else np.zeros(0, np.int16)
+        """A copy of samples [start, end) that are still kept (the buffer moves on)."""
+        lo, hi = max(start, self.start), min(end, self.end)
+        if hi <= lo:
+            return np.zeros(0, np.int16)
+        at = lo % self.keep
+        first = min(hi - lo, self.keep - at)
+        return np.concatenate([self._ring[at : at + first], self._ring[: hi - lo - first]])
 
 
 class AsrActor(Actor):
@@ -90,6 +104,7 @@ class AsrActor(Actor):
 
     async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
+        self.idle.bell = self.segment.doorbell()
         self.spawn(self._read_loop())
         self.spawn(self._work_loop())
 
@@ -142,7 +157,11 @@ class AsrActor(Actor):
         while True:
             await self.idle.until_any(self.sessions)
             self._drain_mic()
-            await asyncio.sleep(POLL_S)
+            # Audio is needed only when a request comes (and it drains first): wake only
+            # often enough that no ring laps us.
+            await self.idle.until_frames(
+                MIC_ASR, [(mic, mic.slot.mic.capacity // 2) for mic, _ in self.sessions.values()]
+            )
 
     def _next_request(self) -> AsrRequest | None:
         for final in (True, False):

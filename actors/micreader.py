@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from voxmesh.mesh.doorbell import Doorbell
 from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, MicReader, RingSegment, Slot
 
 
@@ -41,14 +42,27 @@ class MicSession:
 
 
 class Idle:
-    """Lets a mic-reading loop sleep while there is no session at all: an idle mesh polls
-    no ring."""
+    """How a mic-reading loop sleeps: with no session, until one opens (an idle mesh looks
+    at no ring); else until a ring it reads has the frames it asked for (the transport's
+    write rings ``bell``), a session opens, or the doorbell's safety timer fires."""
 
     def __init__(self) -> None:
+        self.bell: Doorbell | None = None  # the actor's, once on_start attached the segment
         self._opened = asyncio.Event()
 
     def opened(self) -> None:
         self._opened.set()
+        if self.bell is not None:
+            self.bell.wake()  # the loop has a new ring to arm
+
+    async def until_frames(self, entry: int, wants: Iterable[tuple[MicSession, int]]) -> None:
+        """Sleep until some session's ring holds ``n`` frames its reader has not taken, for
+        each (session, n) in ``wants``; ``entry`` is our waiter entry (ring.MIC_VAD...)."""
+        assert self.bell is not None
+        for mic, frames in wants:
+            if mic.slot.mic.arm(entry, self.bell, mic.reader.cursor + frames):
+                return  # already there
+        await self.bell.wait()
 
     async def until_any(self, sessions: Mapping[str, object]) -> None:
         while not sessions:

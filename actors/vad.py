@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import math
 import time
 from typing import Any
 
@@ -10,15 +10,13 @@ import zmq
 
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.protocol import Message, SessionClose, SessionOpen, VadEvent
-from voxmesh.mesh.ring import RingSegment
+from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, MIC_VAD, RingSegment
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad
 
 from .micreader import Idle, MicSession, check_slot
-
-POLL_S = 0.008  # a 32 ms model chunk is seen within ~8 ms of its last frame
 
 
 class VadActor(Actor):
@@ -47,6 +45,7 @@ class VadActor(Actor):
 
     async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
+        self.idle.bell = self.segment.doorbell()
         self.spawn(self._read_loop())
 
     async def on_stop(self) -> None:
@@ -93,7 +92,14 @@ class VadActor(Actor):
                                 session=sid, kind=ev.kind, sample=ev.sample, t=time.monotonic()
                             )
                         )
-            await asyncio.sleep(POLL_S)
+            await self.idle.until_frames(MIC_VAD, self._frames_wanted())
+
+    def _frames_wanted(self) -> list[tuple[MicSession, int]]:
+        """Per session, the frames that complete its next model chunk: no event comes sooner."""
+        return [
+            (mic, math.ceil(stream.wanted / MIC_FRAME_SAMPLES))
+            for mic, stream in self.sessions.values()
+        ]
 
 
 def segmenter(settings: VadSettings) -> SpeechSegmenter:

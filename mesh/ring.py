@@ -4,7 +4,7 @@ Layout (all integers native-endian, every header 64-byte aligned)::
 
     segment header | slot 0 | slot 1 | ... | slot n-1
     slot    = slot header | mic ring | out ring
-    ring    = ring header (head, tail) | frame 0 | ... | frame cap-1
+    ring    = ring header (head, tail, 2 waiters) | frame 0 | ... | frame cap-1
     frame   = frame header (seq, t, epoch, nbytes, utterance, flags) | payload
 
 Publication is seqlock-style: the writer marks a frame BUSY, writes meta and payload, then
@@ -18,6 +18,13 @@ its own private cursor (``MicReader``); a reader that falls more than ``capacity
 behind skips ahead and counts what it lost. The out ring (48 kHz) has one writer and one
 reader whose cursor (``tail``) lives in shared memory, so the writer can wait when full.
 
+Waiting: a ring header has two waiter entries (bell, target, arming), each written only by
+the process that waits on it: on a mic ring the VAD (``MIC_VAD``) and the ASR (``MIC_ASR``)
+wait for ``head`` to reach a target; on an out ring the transport (``OUT_READER``) waits for
+``head`` and the TTS writing it (``OUT_WRITER``) for ``tail`` (space). ``arm()`` sets an
+entry; every ``write()`` (and the out ring's ``read()`` and ``flush()``) rings the bell of
+an entry whose target it reached, once per arming (mesh/doorbell.py).
+
 This module assumes a machine whose stores become visible in program order (x86-64 TSO);
 CPython executes each store as one aligned 8-byte move.
 """
@@ -30,6 +37,8 @@ import struct
 import time
 from dataclasses import dataclass
 from typing import Final
+
+from .doorbell import Bells, Doorbell, fence, remove_bells
 
 MAGIC: Final = b"VXRING01"
 SHM_DIR: Final = "/dev/shm"
@@ -47,6 +56,13 @@ FLAG_FIRST: Final = 1  # first frame of an utterance
 FLAG_LAST: Final = 2  # last frame of an utterance
 
 BUSY: Final = 2**64 - 1  # frame sequence while being written (never a real sequence)
+
+# Waiter entries in a ring header (after head and tail: words 2-4 and 5-7).
+MIC_VAD: Final = 0
+MIC_ASR: Final = 1
+OUT_READER: Final = 0  # waits for head (frames to send)
+OUT_WRITER: Final = 1  # waits for tail (space to write)
+_WAITER_WORDS = 3  # bell, target, arming
 
 _SEG_HDR = struct.Struct(
     "8sIIIIII"
@@ -78,15 +94,27 @@ class RingError(RuntimeError):
 class FrameRing:
     """A single-writer ring of fixed-size frame slots inside a shared buffer."""
 
-    def __init__(self, buf: memoryview, offset: int, capacity: int, frame_bytes: int) -> None:
+    _head_waiters: tuple[int, ...] = (MIC_VAD, MIC_ASR)  # the entries a write() may satisfy
+
+    def __init__(
+        self,
+        buf: memoryview,
+        offset: int,
+        capacity: int,
+        frame_bytes: int,
+        bells: Bells | None = None,
+    ) -> None:
         self.capacity = capacity
         self.frame_bytes = frame_bytes
         self._buf = buf
         self._stride = _align(FRAME_HDR_BYTES + frame_bytes, 16)
         self._frames_at = offset + HEADER_BYTES
-        # head: next sequence to be written; tail: next sequence the (single) reader takes.
-        self._words = buf[offset : offset + 16].cast("Q")
+        # head: next sequence to be written; tail: next sequence the (single) reader takes;
+        # then the waiter entries.
+        self._words = buf[offset : offset + HEADER_BYTES].cast("Q")
         self._seqs = [buf[self._at(i) : self._at(i) + 8].cast("Q") for i in range(capacity)]
+        self._bells = bells
+        self._rung = [0, 0]  # per entry: the arming we last rang for
 
     @staticmethod
     def size(capacity: int, frame_bytes: int) -> int:
@@ -139,7 +167,38 @@ class FrameRing:
         self._buf[at + FRAME_HDR_BYTES : at + FRAME_HDR_BYTES + n] = payload
         seq_word[0] = seq  # publish the frame...
         self._words[0] = seq + 1  # ...then the head
+        self._notify(self._head_waiters)
         return seq
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def _count(self, entry: int) -> int:
+        """What waiter ``entry`` waits on: the head (the out ring's writer: the tail)."""
+        return int(self._words[0])
+
+    def arm(self, entry: int, bell: Doorbell, target: int) -> bool:
+        """Have ``bell`` rung once the entry's count reaches ``target``; True if it already
+        has (then do not sleep). Arm, then wait, with no ``await`` in between."""
+        at = 2 + entry * _WAITER_WORDS
+        words = self._words
+        words[at] = bell.id
+        words[at + 1] = target
+        words[at + 2] = words[at + 2] + 1  # the arming goes last: a ringer that sees it sees all
+        fence()  # our arming before our look at the count (mesh/doorbell.py)
+        return self._count(entry) >= target
+
+    def _notify(self, entries: tuple[int, ...]) -> None:
+        """Ring each waiter whose target the count just stored reached (once per arming)."""
+        if self._bells is None:
+            return
+        fence()  # the count we stored before our look at the armings
+        words = self._words
+        for entry in entries:
+            at = 2 + entry * _WAITER_WORDS
+            arming = int(words[at + 2])
+            if arming != self._rung[entry] and self._count(entry) >= words[at + 1]:
+                self._rung[entry] = arming
+                self._bells.ring(int(words[at]))
 
     def read_at(self, seq: int) -> Frame | None:
         """The frame ``seq`` if it is still intact in the ring, else None (overwritten)."""
@@ -190,6 +249,11 @@ class MicReader:
 class OutRing(FrameRing):
     """The out ring: one writer that checks ``free()`` before writing, one reader."""
 
+    _head_waiters = (OUT_READER,)
+
+    def _count(self, entry: int) -> int:
+        return int(self._words[1 if entry == OUT_WRITER else 0])
+
     def free(self) -> int:
         return self.capacity - (self.head - self.tail)
 
@@ -204,6 +268,7 @@ class OutRing(FrameRing):
                 return None
             frame = self.read_at(tail)
             self._words[1] = tail + 1
+            self._notify((OUT_WRITER,))
             if frame is not None:
                 return frame
 
@@ -212,19 +277,22 @@ class OutRing(FrameRing):
         head = self.head
         dropped = head - self.tail
         self._words[1] = head
+        self._notify((OUT_WRITER,))
         return dropped
 
 
 class Slot:
     """One session's slot: generation, epoch and its two rings."""
 
-    def __init__(self, buf: memoryview, offset: int, index: int, geometry: Geometry) -> None:
+    def __init__(
+        self, buf: memoryview, offset: int, index: int, geometry: Geometry, bells: Bells
+    ) -> None:
         self.index = index
         self._hdr = buf[offset : offset + 16].cast("I")
         mic_at = offset + HEADER_BYTES
         out_at = mic_at + FrameRing.size(geometry.mic_capacity, MIC_FRAME_BYTES)
-        self.mic = FrameRing(buf, mic_at, geometry.mic_capacity, MIC_FRAME_BYTES)
-        self.out = OutRing(buf, out_at, geometry.out_capacity, OUT_FRAME_BYTES)
+        self.mic = FrameRing(buf, mic_at, geometry.mic_capacity, MIC_FRAME_BYTES, bells)
+        self.out = OutRing(buf, out_at, geometry.out_capacity, OUT_FRAME_BYTES, bells)
 
     @property
     def generation(self) -> int:
@@ -287,9 +355,12 @@ class RingSegment:
         self._mmap = mmap.mmap(fd, size)
         os.close(fd)
         self._buf = memoryview(self._mmap)
+        self._bells = Bells(self.path(name))
+        self._doorbells: list[Doorbell] = []
         stride = geometry.slot_size()
         self.slots = [
-            Slot(self._buf, HEADER_BYTES + i * stride, i, geometry) for i in range(geometry.slots)
+            Slot(self._buf, HEADER_BYTES + i * stride, i, geometry, self._bells)
+            for i in range(geometry.slots)
         ]
 
     @staticmethod
@@ -343,8 +414,18 @@ class RingSegment:
         geometry = Geometry(slots, mic_cap, out_cap)
         return cls(name, fd, geometry.total_size(), geometry, owner=False)
 
+    def doorbell(self) -> Doorbell:
+        """A bell for this process to wait on (``FrameRing.arm``); closed by close()."""
+        bell = Doorbell(self.path(self.name))
+        self._doorbells.append(bell)
+        return bell
+
     def close(self) -> None:
         """Release every view and unmap; the segment itself stays until unlink()."""
+        for bell in self._doorbells:
+            bell.close()
+        self._doorbells.clear()
+        self._bells.close()
         for slot in self.slots:
             slot.release_views()
         self.slots = []
@@ -356,6 +437,7 @@ class RingSegment:
             os.unlink(self.path(self.name))
         except FileNotFoundError:
             pass
+        remove_bells(self.path(self.name))
 
 
 def segment_name(pid: int, tag: str = "rings") -> str:

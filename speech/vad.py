@@ -189,6 +189,11 @@ class StreamingVad:
         self.last_probability = 0.0
         self.chunks = 0
 
+    @property
+    def wanted(self) -> int:
+        """Samples still missing before the next chunk is judged (no event comes sooner)."""
+        return CHUNK - self._fill
+
     def push(self, pcm: np.ndarray, start_sample: int | None = None) -> list[VadEvent]:
         x = np.asarray(pcm).reshape(-1)
         if start_sample is None:

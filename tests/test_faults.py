@@ -1,4 +1,5 @@
-"""No lost work when an actor dies: kill -9 of any actor, seen from outside (DESIGN section 4).
+"""No lost work when an actor dies: kill -9 of any actor, seen from outside
+(docs/client-protocol.md).
 
 Every test runs a real ``voxmesh up`` (mock TTS) and uses it as a user would: WebSocket
 sessions (``voxmesh.client``) that stream mic audio (silence) and send ``say``, and
@@ -36,10 +37,10 @@ from typing import Any
 import aiohttp
 import pytest
 from meshproc import MeshError, MeshProc, mesh_up, pid_running, wait_for
-from wsclient import FRAME_BYTES, WsClient
 
 from voxmesh.actors.tts.adapters import mock_samples
-from voxmesh.client import streaming_session
+from voxmesh.client import FRAME_BYTES, WsClient, ws_session
+from voxmesh.speech.chunking import split_for_speech
 
 ACTORS = ("router", "transport", "vad", "asr", "tts0")
 HEALTH_STATES = {"up", "starting", "restarting", "lost"}
@@ -134,7 +135,7 @@ async def say(
 
 def streaming(url: str) -> contextlib.AbstractAsyncContextManager[WsClient]:
     """A session whose microphone streams silence for as long as it is open."""
-    return streaming_session(url, MIC_RATE)
+    return ws_session(url, sample_rate=MIC_RATE, player=True, stream_silence=True)
 
 
 async def open_sessions(stack: contextlib.AsyncExitStack, url: str, n: int) -> list[WsClient]:
@@ -403,7 +404,9 @@ async def test_tts_killed_mid_reply_finishes_or_fails_with_an_error(tmp_path: Pa
                 "audio_end", 30.0, since=mark, utterance_id=start["utterance_id"]
             )
             got = len(client.frames) - first_frame
-            want = math.ceil(mock_samples(LONG) / (FRAME_BYTES // 2))
+            # The reply's exact length: the mock voice per chunk, chunked as the router does.
+            samples = sum(mock_samples(chunk) for chunk in split_for_speech(LONG))
+            want = math.ceil(samples / (FRAME_BYTES // 2))
             assert end.get("reason") in ("done", "failed"), f"tts0 killed mid-reply: {end}"
             if end["reason"] == "done":
                 assert got >= want - 3, (

@@ -3,8 +3,8 @@
 Each turn of the loop: send queued events, serve control messages (so a HOLD that has
 arrived is honoured before the next frame), read the out ring, then send the next frame at
 its deadline or sleep until something can change: a deadline, a control message (which
-wakes us), or new frames in the ring (which nobody signals: ``RingWatcher`` polls every
-idle session's ring from one task).
+wakes us), or new frames in the ring (the TTS's write rings the doorbell that
+``RingWatcher`` waits on for every idle session, mesh/doorbell.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+from voxmesh.mesh.doorbell import SAFETY_S, Doorbell
 from voxmesh.mesh.protocol import Message
-from voxmesh.mesh.ring import Slot
+from voxmesh.mesh.ring import OUT_READER, Slot
 from voxmesh.mesh.settings import ServerSettings
 
 from .links import ClientLink, DetailedClear
@@ -107,6 +108,7 @@ class Pacer:
         self.playback = Playback(slot, self, stats, session=session, lead_s=lead_s)
         self.wakeup = Wakeup()
         self.waiting_for_ring = False
+        self.watcher: RingWatcher | None = None  # who wakes us for ring frames (add())
         self._outbox: deque[tuple[str, dict[str, Any]]] = deque()
         self._send_router = send_router
         self._poll_control = poll_control
@@ -166,6 +168,7 @@ class Pacer:
                 self._poll_control()  # control before data
                 now = time.monotonic()
                 pb.try_finish_release(now)
+                seen = pb.ring.head
                 pb.fill(now)
                 if self._outbox:
                     continue
@@ -183,6 +186,10 @@ class Pacer:
                     pb.check_starved(now)
                     deadline = _earliest(pb.starving_at(), pb.release_wait_until())
                 self.waiting_for_ring = pb.wants_ring()
+                watcher = self.watcher
+                if self.waiting_for_ring and watcher is not None and watcher.arm(self, seen):
+                    self.waiting_for_ring = False
+                    continue  # a frame came while we looked: take it
                 try:
                     await self.wakeup.wait_until(deadline)
                 finally:
@@ -204,26 +211,36 @@ def _earliest(*times: float | None) -> float | None:
 
 
 class RingWatcher:
-    """Wakes idle pacers whose out ring got frames (a TTS writes without telling us)."""
+    """Wakes idle pacers whose out ring got frames: a pacer that waits for frames arms its
+    ring with our doorbell (``arm``), the TTS's next write rings it, and this one task wakes
+    every waiting pacer that has input. The doorbell's safety timer runs only while there
+    are sessions."""
 
-    def __init__(self, interval_s: float = 0.002) -> None:
-        self.interval_s = interval_s
+    def __init__(self) -> None:
+        self.bell: Doorbell | None = None  # set by run()
         self.pacers: set[Pacer] = set()
-        self._some = asyncio.Event()
 
     def add(self, pacer: Pacer) -> None:
         self.pacers.add(pacer)
-        self._some.set()
+        pacer.watcher = self
+        if self.bell is not None:
+            self.bell.wake()  # from no timer to the safety timer
 
     def discard(self, pacer: Pacer) -> None:
         self.pacers.discard(pacer)
 
-    async def run(self) -> None:
+    def arm(self, pacer: Pacer, seen: int) -> bool:
+        """Have our bell rung when the pacer's ring gets a frame past ``seen`` (its head when
+        the pacer last read it); True if it has one already."""
+        ring = pacer.playback.ring
+        if self.bell is None:  # not running yet: nobody can ring
+            return ring.head > seen
+        return ring.arm(OUT_READER, self.bell, seen + 1)
+
+    async def run(self, bell: Doorbell) -> None:
+        self.bell = bell
         while True:
-            if not self.pacers:
-                self._some.clear()
-                await self._some.wait()
-            await asyncio.sleep(self.interval_s)
+            await bell.wait(SAFETY_S if self.pacers else None)
             for pacer in self.pacers:
                 if pacer.waiting_for_ring and pacer.playback.has_input():
                     pacer.wakeup.set()

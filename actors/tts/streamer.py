@@ -4,9 +4,10 @@ Each session has two tasks. The *synthesizer* takes queued SPEAK chunks in order
 the voice (in the model's thread), appending audio and a chunk-end marker to the session's
 event queue: synthesis runs ahead of playback into that local buffer, even while paused.
 The *writer* cuts the events of the current utterance into 960-sample frames (carrying the
-remainder across chunks), waits while the ring is full, calls ``poll_control()`` before
-every frame so PAUSE and STOP are served between frames, and after the utterance's last
-frame (padded with zeros, FLAG_LAST) sends SPEAK_DONE.
+remainder across chunks), sleeps while the ring is full until the transport has taken
+``REFILL_FRAMES`` (its reads ring the writer's doorbell, mesh/doorbell.py), calls
+``poll_control()`` before every frame so PAUSE and STOP are served between frames, and after
+the utterance's last frame (padded with zeros, FLAG_LAST) sends SPEAK_DONE.
 
 Memory: synthesis runs at most ``ahead_s`` of audio ahead of the writer (the out ring holds
 5 s more), so a long reply costs a bounded buffer, not its whole audio.
@@ -35,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from voxmesh.mesh import metrics
 from voxmesh.mesh.protocol import Message, Pause, Resume, Speak, SpeakDone, SpeakProgress, Stop
-from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, OUT_FRAME_SAMPLES, RingSegment
+from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, OUT_FRAME_SAMPLES, OUT_WRITER, RingSegment
 from voxmesh.mesh.sockets import Counters
 
 from .models import ModelManager
@@ -44,7 +46,9 @@ from .models import ModelManager
 log = logging.getLogger("voxmesh.tts")
 
 FRAME = OUT_FRAME_SAMPLES
-FULL_WAIT_S = 0.005  # poll interval while the out ring is full (the reader frees 1 per 20 ms)
+# A full ring's writer sleeps until this many frames are free (the transport's reads ring
+# its doorbell): one wake-up per 320 ms of playback rather than one per frame.
+REFILL_FRAMES = 16
 AHEAD_S = 10.0  # synthesized audio kept ahead of the writer, per session
 
 
@@ -158,7 +162,6 @@ class Streamer:
         poll_control: Callable[[], None],
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]],
         counters: Counters,
-        full_wait_s: float = FULL_WAIT_S,
         ahead_s: float = AHEAD_S,
     ) -> None:
         self.ahead_max = int(ahead_s * 48000)
@@ -168,7 +171,7 @@ class Streamer:
         self.poll_control = poll_control
         self.spawn = spawn
         self.counters = counters
-        self.full_wait_s = full_wait_s
+        self.bell = segment.doorbell()  # closed with the segment
         self.sessions: dict[str, SessionStream] = {}
         self.first_frame_s: deque[float] = deque(maxlen=500)  # SPEAK received -> first frame
 
@@ -330,7 +333,9 @@ class Streamer:
             ring = self.segment.slots[u.slot].out
             if ring.free() == 0:
                 self.counters.bump("ring_full_waits")
-                await asyncio.sleep(self.full_wait_s)
+                room = min(REFILL_FRAMES, max(1, ring.capacity // 4))
+                if not ring.arm(OUT_WRITER, self.bell, ring.head - ring.capacity + room):
+                    await self.bell.wait()
                 continue  # state may have changed meanwhile: decide again
             self._write(s, u)
             await asyncio.sleep(0)  # let other sessions and control in between frames
@@ -393,7 +398,9 @@ class Streamer:
         if u.frames == 1:
             received = s.received.pop(u.id, None)
             if received is not None:
-                self.first_frame_s.append(time.monotonic() - received)
+                took = time.monotonic() - received
+                self.first_frame_s.append(took)
+                metrics.TTS_FIRST_AUDIO.observe(took)
         if final:
             s.current = None
             s.opens.pop(u.id, None)
