@@ -39,10 +39,10 @@ test: dev livekit lint
 
 # mypy must see the tree as the package voxmesh (the repo root is the package): a link
 # named voxmesh in a temp dir gives it that name without an install.
-MYPY_PACKAGES := -p voxmesh.mesh -p voxmesh.supervisor -p voxmesh.actors -p voxmesh.cli
+MYPY_PACKAGES := -p voxmesh.mesh -p voxmesh.supervisor -p voxmesh.actors -p voxmesh.cli -p voxmesh.client
 
 lint: dev
-	@echo "lint: ruff + mypy (strict on mesh/, supervisor/, actors/, cli/)"
+	@echo "lint: ruff + mypy (strict on mesh/, supervisor/, actors/, cli/, client/)"
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	@d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/voxmesh" && \

@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from voxmesh.mesh import logsetup
+from voxmesh.mesh.settings import LogSettings
 from voxmesh.mesh.spec import ActorSpec
 
 PR_SET_PDEATHSIG = 1
@@ -42,7 +44,6 @@ PARENT_ENV = "VOXMESH_SUPERVISOR_PID"
 # JSON {kind: "module:function"} adding to or replacing FACTORIES: actors of your own (the
 # tests use it for stand-ins without models, tests/standin.py).
 FACTORIES_ENV = "VOXMESH_FACTORIES"
-LOG_LEVEL_ENV = "VOXMESH_LOG_LEVEL"
 # After SIGTERM, an actor that has not finished stopping by then exits hard.
 STOP_GRACE_S = 10.0
 
@@ -58,15 +59,6 @@ def die_with_parent() -> bool:
     expected = os.environ.get(PARENT_ENV)
     # Checked after prctl: if the parent died before, we were re-parented already.
     return expected is None or os.getppid() == int(expected)
-
-
-def configure_logging(name: str) -> None:
-    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def load_factory(kind: str) -> Callable[[ActorSpec], Any]:
@@ -114,7 +106,8 @@ def main(argv: list[str]) -> int:
         print(f"spec is for {spec.name!r}, not {argv[0]!r}", file=sys.stderr)
         return 2
     os.environ.update(spec.env)
-    configure_logging(spec.name)
+    logs = spec.section(LogSettings)
+    logsetup.configure(logs.level, logs.format, logs.file, process=spec.name)
     if not die_with_parent():
         log.error("%s: supervisor already gone; not starting", spec.name)
         return 3

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from pathlib import Path
 
 import pytest
 from browser import fake_mic_wav, launch, require_browser, screenshot
 from meshproc import MeshProc, mesh_up, wait_for
+from promtext import sample, scrape
 
 from voxmesh.speech.wer import word_error_rate
 
@@ -27,10 +27,9 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def sessions(mesh: MeshProc) -> int:
-    with urllib.request.urlopen(mesh.url + "metrics", timeout=5) as resp:
-        found = re.search(r"^voxmesh_transport_sessions (\d+)$", resp.read().decode(), re.M)
-    assert found
-    return int(found.group(1))
+    found = sample(scrape(mesh.url), "voxmesh_transport_sessions")
+    assert found is not None
+    return int(found)
 
 
 def talk_in_browser(mesh: MeshProc, tmp_path: Path, transport: str) -> dict[str, object]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
 from fakeclock import FakeClock
+from prometheus_client import REGISTRY
 
 from voxmesh.actors.router.responder import EchoResponder
 from voxmesh.actors.router.session import Session, State
@@ -43,6 +45,7 @@ class Recorder:
         self.asr: list[AsrRequest] = []
         self.events: list[dict[str, Any]] = []
         self.head = 0
+        self.mic_times: dict[int, float] = {}  # mic sample -> when it reached the ring
         self.tts_up = asyncio.Event()
         self.tts_up.set()
         self.tts_process = 1  # a TTS actor that dies comes back as a new process
@@ -80,6 +83,9 @@ class Recorder:
 
     def mic_head(self, session: Session) -> int:
         return self.head
+
+    def mic_time(self, session: Session, sample: int) -> float | None:
+        return self.mic_times.get(sample)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.ensure_future(coro)
@@ -503,3 +509,125 @@ async def test_chunks_still_streaming_when_the_tts_dies_reach_the_next_one_in_or
     assert [(m.chunk, m.first) for m in again] == [(1, False), (2, False), (3, False), (4, False)]
     assert [m.text for m in again] == [sent[1].text, "And a third.", "A fourth.", "A fifth."]
     assert again[-1].last and not [e for e in out.events if e["type"] == "error"]
+
+
+# --- per-turn log line and turn metrics (actors/router/turnlog.py) ----------------------------
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def ended(s: Session, utterance: int, reason: str) -> PlaybackEnded:
+    return PlaybackEnded(
+        session="s",
+        epoch=s.epoch,
+        utterance=utterance,
+        sent_samples=9600,
+        heard_samples=9600,
+        reason=reason,
+        t=0.0,
+    )
+
+
+def turn_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("turn ")]
+
+
+async def test_a_spoken_turn_logs_one_info_line_with_its_timings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="voxmesh.router.turns")
+    engine, out, s = make()
+    t0 = out.clock.now()
+    out.mic_times[20000] = t0 - 0.1  # the last speech sample reached the ring 100 ms ago
+    done = metric("voxmesh_turns_total", source="voice", outcome="done")
+    v2v = metric("voxmesh_voice_to_voice_seconds_count", source="voice")
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    engine.on_transcript(
+        s,
+        Transcript(
+            session="s", turn=s.turn, text="hello there", final=True, end=20000, elapsed_ms=70.0
+        ),
+    )
+    await settle()
+    engine.on_vad(s, vad("speech_end", 20000))
+    await settle()
+    utt = speaks(out)[-1].utterance
+    frame_at = t0 + 0.25  # the transport's first frame: 350 ms after the end of speech
+    engine.on_playback_started(
+        s, PlaybackStarted(session="s", epoch=s.epoch, utterance=utt, t=frame_at)
+    )
+    assert not turn_lines(caplog), "no line before the reply has ended"
+    engine.on_playback_ended(s, ended(s, utt, "done"))
+
+    [line] = turn_lines(caplog)
+    assert line.levelno == logging.INFO
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields == {
+        **fields,
+        "session": "s",
+        "source": "voice",
+        "outcome": "done",
+        "v2v_ms": 350.0,
+        "asr_ms": 70.0,
+        "first_token_ms": 0.0,  # the echo answers at once (and the clock stood still)
+        "tts_ms": 250.0,  # SPEAK and release at t0 -> first frame
+        "pauses": 0,
+        "stops": 0,
+        "transcript": "hello there",
+        "reply": "hello there",
+    }
+    text = line.getMessage()
+    assert "v2v_ms=350.0 asr_ms=70.0" in text and 'transcript="hello there"' in text
+    assert metric("voxmesh_turns_total", source="voice", outcome="done") == done + 1
+    assert metric("voxmesh_voice_to_voice_seconds_count", source="voice") == v2v + 1
+    engine.on_playback_ended(s, ended(s, utt, "done"))  # again: still one line
+    assert len(turn_lines(caplog)) == 1
+
+
+async def test_a_barge_in_counts_a_pause_and_a_stop_on_its_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="voxmesh.router.turns")
+    engine, out, s = make(interrupt_ms=30)
+    pauses = metric("voxmesh_barge_ins_total", action="pause")
+    stops = metric("voxmesh_barge_ins_total", action="stop")
+    await speak_turn(engine, out, s, "a long answer")
+    utt = speaks(out)[-1].utterance
+    engine.on_vad(s, vad("speech_start", 50000))
+    out.clock.advance(0.05)  # past interrupt_min_ms, still speaking: an interruption
+    assert s.state == State.USER_SPEAKING
+    engine.on_playback_ended(s, ended(s, utt, "interrupted"))
+    [line] = turn_lines(caplog)
+    fields = line.fields  # type: ignore[attr-defined]
+    assert (fields["outcome"], fields["pauses"], fields["stops"]) == ("interrupted", 1, 1)
+    assert fields["v2v_ms"] is None  # the mic ring did not know that sample
+    assert metric("voxmesh_barge_ins_total", action="pause") == pauses + 1
+    assert metric("voxmesh_barge_ins_total", action="stop") == stops + 1
+
+
+async def test_a_reply_the_turn_outgrew_logs_nothing_and_a_dropped_one_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="voxmesh.router.turns")
+    engine, _, s = make()
+    engine.on_vad(s, vad("speech_start", 0))
+    engine.on_vad(s, vad("speech_pause", 8000))
+    engine.on_transcript(
+        s, Transcript(session="s", turn=s.turn, text="hello", final=True, end=8000)
+    )
+    await settle()
+    engine.on_vad(s, vad("speech_resume", 9000))  # speculation under HOLD, never released
+    assert not turn_lines(caplog)
+    engine.say(s, "typed words", as_user=True)
+    await settle()
+    engine.interrupt_now(s)  # before any frame played: the reply ends here
+    [line] = turn_lines(caplog)
+    fields = line.fields  # type: ignore[attr-defined]
+    assert (fields["source"], fields["outcome"], fields["transcript"]) == (
+        "text",
+        "interrupted",
+        "typed words",
+    )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass, field
 
 from voxmesh.mesh.clock import Timer
 from voxmesh.mesh.protocol import AsrRequest, Speak
+
+from .turnlog import TurnRecord
 
 
 class State(enum.StrEnum):
@@ -24,6 +27,7 @@ class Reply:
 
     utterance: int
     text: str = ""
+    voice: str = ""  # the session's voice when the utterance began (a switch waits for the next)
     complete: bool = False  # every chunk has been sent to TTS
     samples: int = 0  # total 48 kHz samples, known at SPEAK_DONE
     released: bool = False  # frames may go out (False while pre-generated under HOLD)
@@ -32,6 +36,7 @@ class Reply:
     chunks_done: int = 0  # chunks wholly in the out ring (SPEAK_PROGRESS)
     synthesized: bool = False  # SPEAK_DONE came: every frame is in the ring
     adopted: bool = False  # learnt from the transport after a router restart (text unknown)
+    turn: TurnRecord | None = None  # its timings, for the turn's log line (None: adopted)
     # One sender at a time: a failover re-sending chunks must not interleave with new ones.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -50,7 +55,9 @@ class Session:
     pending_end: int | None = None  # sample of a tentative end (speech_pause) being transcribed
     turn_end: int | None = None  # confirmed end (speech_end)
     transcripts: dict[int, str] = field(default_factory=dict)  # end sample -> final text
+    asr_s: dict[int, float] = field(default_factory=dict)  # end sample -> its ASR time
     tts: str | None = None  # TTS actor serving this session (sticky)
+    voice: str = ""  # engine:voice for the next utterance ("" the mesh's default)
     utterances: int = 0
     reply: Reply | None = None
     cut_reply: Reply | None = None  # stopped, awaiting its PLAYBACK_ENDED (what was heard)
@@ -66,6 +73,7 @@ class Session:
     last_progress: float = 0.0  # watchdog: last sign of frames flowing
     progress_mark: tuple[int, int] = (0, 0)  # (out head, out tail) at last_progress
     history: list[dict[str, str]] = field(default_factory=list)
+    opened_at: float = field(default_factory=time.monotonic)
 
     def cancel_timer(self) -> None:
         if self.confirm_timer is not None:

@@ -1,4 +1,4 @@
-"""Turn-taking and barge-in (DESIGN section 2), one session at a time.
+"""Turn-taking and barge-in (docs/turn-taking.md), one session at a time.
 
 listening -> user_speaking -> thinking -> speaking -> listening, and speaking -> paused on
 speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a STOP if the
@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from voxmesh.mesh import metrics
 from voxmesh.mesh.clock import Clock, LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.protocol import (
@@ -38,8 +39,10 @@ from voxmesh.mesh.settings import AsrSettings, MeshSettings, RouterSettings, Tts
 from voxmesh.speech.chunking import SentenceChunker
 from voxmesh.speech.wer import normalize_text
 
+from . import turnlog
 from .responder import Responder
 from .session import Reply, Session, State
+from .turnlog import TurnRecord
 
 
 class Outbox(Protocol):
@@ -48,6 +51,10 @@ class Outbox(Protocol):
     def to_asr(self, msg: Message) -> None: ...
     def event(self, session: Session, event: dict[str, Any]) -> None: ...
     def mic_head(self, session: Session) -> int: ...
+    def mic_time(self, session: Session, sample: int) -> float | None:
+        """When mic sample ``sample`` reached the ring (None if it is no longer there)."""
+        ...
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
     async def wait_tts(self, timeout_s: float) -> bool:
         """True once some TTS actor is up (at once if one is), False after ``timeout_s``."""
@@ -64,7 +71,7 @@ class Outbox(Protocol):
 
 
 # Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
-# ("mm-hmm", "uh"), not a reason to stop the bot (DESIGN section 2).
+# ("mm-hmm", "uh"), not a reason to stop the bot (docs/turn-taking.md).
 FILLERS = frozenset(
     {"uh", "um", "uhm", "er", "erm", "ah", "aah", "oh", "eh", "hm", "hmm", "mm", "mmm", "mhm"}
     | {"huh"}  # "uh-huh" normalises to "uh huh"
@@ -128,6 +135,16 @@ class TurnEngine:
             s.state = state
             self.out.event(s, {"type": "state", "state": state.value})
 
+    @staticmethod
+    def _record(s: Session) -> TurnRecord | None:
+        return s.reply.turn if s.reply is not None else None
+
+    def _voice_turn(self, s: Session, text: str, end: int) -> TurnRecord:
+        """The record of a spoken turn that ended at mic sample ``end``."""
+        return TurnRecord(
+            s.id, "voice", text, started=self.out.mic_time(s, end), asr_s=s.asr_s.get(end)
+        )
+
     def _pause_output(self, s: Session) -> None:
         """PAUSE + HOLD at once: the transport stops within a frame and clears the client."""
         self.out.to_tts(s, Pause(session=s.id, epoch=s.epoch))
@@ -140,6 +157,8 @@ class TurnEngine:
                 task.cancel()
         s.reply_task = s.failover_task = None
         if s.reply is not None:
+            if s.reply.turn is not None:
+                s.reply.turn.cut(reason, s.reply.text)
             s.cut_reply, s.reply = s.reply, None
         s.epoch += 1
         self.out.to_tts(s, Stop(session=s.id, epoch=s.epoch, reason=reason))
@@ -163,6 +182,7 @@ class TurnEngine:
         s.pending_end = None
         s.turn_end = None
         s.transcripts.clear()
+        s.asr_s.clear()
         s.partial_inflight_since = 0.0
 
     # --- VAD -------------------------------------------------------------------------------
@@ -182,6 +202,7 @@ class TurnEngine:
         self.out.event(s, {"type": "vad", "event": "speech_start", "sample": ev.sample})
         if s.state == State.SPEAKING:
             self._pause_output(s)
+            turnlog.barge_in(self._record(s), "pause")
             s.onset_sample = ev.sample
             s.cancel_timer()
             s.confirm_timer = self.clock.call_later(
@@ -256,6 +277,7 @@ class TurnEngine:
         """A real interruption: the bot yields the floor to the user's new turn."""
         burst_end = s.burst_end
         s.cancel_timer()
+        turnlog.barge_in(self._record(s), "stop")
         self._stop_output(s)
         self._new_turn(s, self._barge_in_start(s))
         self._set_state(s, State.USER_SPEAKING)
@@ -265,6 +287,9 @@ class TurnEngine:
     # --- ASR -------------------------------------------------------------------------------
 
     def on_transcript(self, s: Session, tr: Transcript) -> None:
+        if tr.elapsed_ms > 0:
+            kind = "final" if tr.final else "partial"
+            metrics.ASR.labels(kind=kind).observe(tr.elapsed_ms / 1000)
         if tr.turn != s.turn:
             return  # an older turn's answer
         if not tr.final:
@@ -279,12 +304,14 @@ class TurnEngine:
                 self._resume(s)
             return
         s.transcripts[tr.end] = tr.text
+        s.asr_s[tr.end] = tr.elapsed_ms / 1000
         if s.final_request is not None and s.final_request.end == tr.end:
             s.final_request = None
         if s.state == State.THINKING and tr.end == s.turn_end and s.reply is None:
             self._turn_confirmed(s, tr.text)
         elif s.state == State.USER_SPEAKING and tr.end == s.pending_end and tr.text:
-            self._start_reply(s, tr.text, held=True)  # speculative: gated until speech_end
+            turn = self._voice_turn(s, tr.text, tr.end)  # speculative: gated until speech_end
+            self._start_reply(s, tr.text, held=True, turn=turn)
 
     def _turn_confirmed(self, s: Session, text: str) -> None:
         if not text.strip():
@@ -294,9 +321,12 @@ class TurnEngine:
             return
         self.out.event(s, {"type": "transcript", "text": text, "final": True})
         if s.reply is None:
-            self._start_reply(s, text, held=False)
+            assert s.turn_end is not None  # both callers have set it
+            self._start_reply(s, text, held=False, turn=self._voice_turn(s, text, s.turn_end))
         else:
             s.reply.released = True
+            if s.reply.turn is not None:
+                s.reply.turn.release(self.clock.now())
             self.out.event(s, {"type": "reply", "text": s.reply.text})
             self.out.to_transport(Release(session=s.id, epoch=s.epoch))
         s.history.append({"role": "user", "content": text})
@@ -339,10 +369,12 @@ class TurnEngine:
         if as_user:
             self._new_turn(s, self.out.mic_head(s))
             self.out.event(s, {"type": "transcript", "text": text, "final": True})
-            self._start_reply(s, text, held=False)
+            turn = TurnRecord(s.id, "text", text, started=self.clock.now())
+            self._start_reply(s, text, held=False, turn=turn)
             s.history.append({"role": "user", "content": text})
         else:
-            self._start_reply(s, text, held=False, verbatim=True)
+            turn = TurnRecord(s.id, "say", text, started=self.clock.now())
+            self._start_reply(s, text, held=False, turn=turn, verbatim=True)
         self._set_state(s, State.THINKING)
 
     def interrupt_now(self, s: Session, next_state: State = State.LISTENING) -> None:
@@ -353,12 +385,22 @@ class TurnEngine:
             self._stop_output(s)
         self._set_state(s, next_state)
 
-    def _start_reply(self, s: Session, text: str, *, held: bool, verbatim: bool = False) -> None:
+    def _start_reply(
+        self,
+        s: Session,
+        text: str,
+        *,
+        held: bool,
+        turn: TurnRecord,
+        verbatim: bool = False,
+    ) -> None:
         s.utterances += 1
-        reply = Reply(utterance=s.utterances, released=not held)
+        reply = Reply(utterance=s.utterances, released=not held, turn=turn, voice=s.voice)
         s.reply = reply
         if held:
             self.out.to_transport(Hold(session=s.id, epoch=s.epoch, t_issued=self.clock.now()))
+        else:
+            turn.release(self.clock.now())
         s.last_progress = self.clock.now()
         history = list(s.history)  # before this turn's user text is appended
         s.reply_task = self.out.spawn(self._stream_reply(s, reply, text, verbatim, history))
@@ -367,6 +409,8 @@ class TurnEngine:
         self, s: Session, reply: Reply, text: str, verbatim: bool, history: list[dict[str, str]]
     ) -> None:
         epoch = s.epoch
+        turn = reply.turn
+        assert turn is not None  # only a reply adopted from an earlier router has none
         chunker = SentenceChunker(first_max_words=self.cfg.first_chunk_words)
         pending: list[str] = []
         first = True
@@ -381,15 +425,20 @@ class TurnEngine:
                 text=chunk,
                 first=first,
                 last=last,
+                voice=reply.voice,
                 chunk=len(reply.sent),
             )
             first = False
             async with reply.lock:  # one sender at a time: chunks reach the TTS in order
                 await self._deliver(s, reply, msg)
+            turn.spoke(self.clock.now())
 
         try:
+            if not verbatim:
+                turn.asked(self.clock.now())
             deltas = _once(text) if verbatim else self.responder.reply(history, text)
             async for delta in deltas:
+                turn.token(self.clock.now())
                 reply.text += delta
                 pending.extend(chunker.push(delta))
                 while len(pending) > 1:  # keep one back: the last chunk must say last=True
@@ -412,6 +461,7 @@ class TurnEngine:
         except Exception as exc:
             self.out.event(s, error_event(ErrorCode.RESPONDER_FAILED, str(exc)))
             if s.epoch == epoch:
+                turn.end("failed", reply.text)
                 self._stop_output(s)
                 self._set_state(s, State.LISTENING)
         finally:
@@ -497,12 +547,16 @@ class TurnEngine:
         if msg.epoch != s.epoch:
             return
         s.last_progress = self.clock.now()
+        if s.reply is not None and s.reply.turn is not None and msg.utterance == s.reply.utterance:
+            s.reply.turn.first_frame(msg.t)
         if s.state == State.THINKING:
             self._set_state(s, State.SPEAKING)
 
     def on_playback_ended(self, s: Session, msg: PlaybackEnded) -> None:
         for reply in (s.reply, s.cut_reply):
             if reply is not None and msg.utterance == reply.utterance:
+                if reply.turn is not None:
+                    reply.turn.finish(msg.reason, reply.text)
                 if not reply.adopted:  # an adopted reply's text died with the old router
                     s.history.append({"role": "assistant", "content": _heard_text(reply, msg)})
                 if reply is s.reply:
@@ -511,6 +565,12 @@ class TurnEngine:
                     s.cut_reply = None
         if msg.epoch == s.epoch and msg.reason == "done" and s.state == State.SPEAKING:
             self._set_state(s, State.LISTENING)
+
+    def closed(self, s: Session) -> None:
+        """The session ended: a reply still under way ends with it."""
+        for reply in (s.reply, s.cut_reply):
+            if reply is not None and reply.turn is not None:
+                reply.turn.end("closed", reply.text)
 
     def recover(self, s: Session, reason: str = "interrupted") -> None:
         """Give the floor back to the user after a failure (stuck turn, TTS lost)."""

@@ -1,14 +1,27 @@
-"""Transport counters and their Prometheus text rendering (``GET /metrics``)."""
+"""The transport's counters, and the metric families it reports at each ``GET /metrics``.
+
+They are this actor's own state (tests and the heartbeat read ``TransportStats`` too), so
+they are not prometheus-client objects counting a second time: ``families`` turns them into
+metric families at scrape time, beside every other actor's metrics (``mesh/metrics.py``).
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 # Send lag: how late a frame went out against its scheduled send time (seconds).
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+PREFIX = "voxmesh_transport_"
 
 
 @dataclass
@@ -25,6 +38,7 @@ class TransportStats:
     resent_samples: int = 0  # samples sent again after a RELEASE
     mic_frames: int = 0  # 16 kHz frames written to mic rings
     held_requests: int = 0  # client requests held while the router was away
+    # every error event sent to a client (ours and the router's), by code
     client_errors: Counter[str] = field(default_factory=Counter)
     lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
     lag_sum: float = 0.0
@@ -44,82 +58,75 @@ class TransportStats:
         }
 
 
-def _metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> str:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{labels} {_num(value)}" for labels, value in samples]
-    return "\n".join(lines)
+TOTALS = {
+    "sessions_opened": "Sessions opened.",
+    "sessions_closed": "Sessions closed.",
+    "frames_sent": "20 ms output frames sent to clients.",
+    "underruns": "Times a client ran out of audio mid-utterance.",
+    "late_frames": "Frames sent after their playout time.",
+    "stale_frames": "Output frames of an older epoch dropped.",
+    "stale_control": "HOLD/RELEASE/STOP of an older epoch dropped.",
+    "resent_samples": "Samples re-sent after a RELEASE.",
+    "mic_frames": "16 kHz mic frames written to the rings.",
+    "held_requests": "Client requests held while the router was away.",
+}
 
 
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _labelled(name: str, help_text: str, label: str, counts: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(PREFIX + name, help_text, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
 
 
-def render(
+def families(
     stats: TransportStats,
     *,
     sessions: int,
     mesh_ready: bool,
     router_alive: bool,
     counters: Mapping[str, int],
-) -> str:
-    p = "voxmesh_transport_"
-    out = [
-        _metric(p + "sessions", "gauge", "Live client sessions.", [("", sessions)]),
-        _metric(
-            p + "mesh_ready",
-            "gauge",
-            "1 when the router reports every actor up.",
-            [("", int(mesh_ready))],
-        ),
-        _metric(
-            p + "router_alive",
-            "gauge",
-            "1 while the router link is alive.",
-            [("", int(router_alive))],
-        ),
+) -> list[Metric]:
+    out: list[Metric] = [
+        _gauge("sessions", "Live client sessions.", sessions),
+        _gauge("mesh_ready", "1 when the router reports every actor up.", int(mesh_ready)),
+        _gauge("router_alive", "1 while the router link is alive.", int(router_alive)),
     ]
-    totals = [
-        ("sessions_opened", stats.sessions_opened, "Sessions opened."),
-        ("sessions_closed", stats.sessions_closed, "Sessions closed."),
-        ("frames_sent", stats.frames_sent, "20 ms output frames sent to clients."),
-        ("underruns", stats.underruns, "Times a client ran out of audio mid-utterance."),
-        ("late_frames", stats.late_frames, "Frames sent after their playout time."),
-        ("stale_frames", stats.stale_frames, "Output frames of an older epoch dropped."),
-        ("stale_control", stats.stale_control, "HOLD/RELEASE/STOP of an older epoch dropped."),
-        ("resent_samples", stats.resent_samples, "Samples re-sent after a RELEASE."),
-        ("mic_frames", stats.mic_frames, "16 kHz mic frames written to the rings."),
+    out += [
+        CounterMetricFamily(PREFIX + name, help_text, value=getattr(stats, name))
+        for name, help_text in TOTALS.items()
     ]
-    out += [_metric(f"{p}{n}_total", "counter", h, [("", v)]) for n, v, h in totals]
     out.append(
-        _metric(
-            p + "client_errors_total",
-            "counter",
-            "Error events sent to clients, by code.",
-            [(f'{{code="{_label(c)}"}}', n) for c, n in sorted(stats.client_errors.items())],
+        _labelled(
+            "client_errors",
+            "Error events sent to clients, by code (mesh/errors.py; 'dropped': not sent, the "
+            "client was not reading).",
+            "code",
+            stats.client_errors,
         )
     )
     out.append(
-        _metric(
-            p + "events_total",
-            "counter",
+        _labelled(
+            "events",
             "Internal event counters (malformed, dropped, reconnects...).",
-            [(f'{{name="{_label(c)}"}}', n) for c, n in sorted(counters.items())],
+            "name",
+            counters,
         )
     )
-    cumulative, rows = 0, []
+    cumulative, buckets = 0, []
     for le, n in zip((*LAG_BUCKETS, float("inf")), stats.lag_counts, strict=True):
         cumulative += n
-        rows.append((f'{{le="{"+Inf" if le == float("inf") else repr(le)}"}}', cumulative))
-    hist = _metric(
-        p + "send_lag_seconds",
-        "histogram",
-        "Frame send time minus its scheduled send time.",
-        [(f"_bucket{lbl}", v) for lbl, v in rows],
+        buckets.append(("+Inf" if le == float("inf") else repr(le), float(cumulative)))
+    out.append(
+        HistogramMetricFamily(
+            PREFIX + "send_lag_seconds",
+            "Frame send time minus its scheduled send time.",
+            buckets=buckets,
+            sum_value=stats.lag_sum,
+        )
     )
-    hist += f"\n{p}send_lag_seconds_sum {stats.lag_sum!r}\n{p}send_lag_seconds_count {cumulative}"
-    out.append(hist)
-    return "\n".join(out) + "\n"
+    return out
