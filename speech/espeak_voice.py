@@ -17,8 +17,7 @@ from typing import IO
 
 import numpy as np
 
-from voxmesh.speech.resample import StreamResampler
-from voxmesh.speech.voice import OUTPUT_RATE, LeadingSilenceTrimmer
+from voxmesh.speech.voice import OUTPUT_RATE, LeadingSilenceTrimmer, to_output_rate
 
 _HEADER = 44  # espeak-ng --stdout writes a plain 44-byte PCM WAV header, sizes left open
 _READ = 4096
@@ -26,6 +25,7 @@ _READ = 4096
 
 class EspeakVoice:
     name = "espeak"
+    provider = "espeak-ng"
     sample_rate = OUTPUT_RATE
 
     def __init__(
@@ -76,33 +76,29 @@ class EspeakVoice:
             if len(header) < _HEADER or header[:4] != b"RIFF" or header[36:40] != b"data":
                 raise RuntimeError("espeak-ng did not produce a WAV stream")
             rate = struct.unpack_from("<I", header, 24)[0]
-            resampler = StreamResampler(rate, OUTPUT_RATE)
             trimmer = None
             if first and self.trim:
                 trimmer = LeadingSilenceTrimmer(
                     rate, threshold=self.trim_threshold, keep_ms=self.trim_keep_ms
                 )
-            odd = b""
-            # os.read returns as soon as espeak has written something: audio streams out.
-            while block := os.read(fd, _READ):
-                block = odd + block
-                cut = len(block) // 2 * 2
-                odd = block[cut:]
-                pcm = np.frombuffer(block[:cut], "<i2").astype(np.int16)
-                if trimmer is not None:
-                    pcm = trimmer.push(pcm)
-                out = resampler.push(pcm)
-                if out.size:
-                    yield out
-            tail = resampler.flush()
-            if tail.size:
-                yield tail
+            yield from to_output_rate(_samples(fd), rate, trimmer)
         finally:
             # The consumer may stop early (barge-in): never leave the process behind.
             if proc.poll() is None:
                 proc.kill()
             proc.stdout.close()
             proc.wait()
+
+
+def _samples(fd: int) -> Iterator[np.ndarray]:
+    """int16 samples as espeak writes them: os.read returns as soon as there is something,
+    so audio streams out while espeak is still speaking."""
+    odd = b""
+    while block := os.read(fd, _READ):
+        block = odd + block
+        cut = len(block) // 2 * 2
+        odd = block[cut:]
+        yield np.frombuffer(block[:cut], "<i2").astype(np.int16)
 
 
 def _feed(stdin: IO[bytes], data: bytes) -> None:

@@ -2,19 +2,45 @@
 
 Piper synthesises a whole sentence per ONNX call (`PiperVoice.synthesize` yields one
 `AudioChunk` per sentence), so a short first text chunk is what makes first audio fast.
+On a GPU (`device="0"`) the ONNX session runs on onnxruntime's CUDAExecutionProvider when
+the installed onnxruntime has it (the `gpu` extra, onnxruntime-gpu), else on the CPU; one
+INFO line says which and why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from voxmesh.speech.assets import piper_voice_paths
-from voxmesh.speech.resample import StreamResampler, float_to_int16
-from voxmesh.speech.voice import OUTPUT_RATE, LeadingSilenceTrimmer
+from voxmesh.speech.resample import float_to_int16
+from voxmesh.speech.voice import OUTPUT_RATE, LeadingSilenceTrimmer, cuda_ordinal, to_output_rate
+
+log = logging.getLogger("voxmesh.tts")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_HINT = "pip install 'voxmesh[gpu]'; see docs/tts-adapters.md"
+
+
+def choose_providers(device: str, available: list[str]) -> tuple[list[Any], str]:
+    """onnxruntime providers for `device`, and why: what the log line says."""
+    if device == "cpu":
+        return [CPU], "device cpu"
+    ordinal = cuda_ordinal(device)
+    if ordinal is None:
+        return [CPU], f"device {device} asked but CUDA_VISIBLE_DEVICES hides it"
+    if CUDA not in available:
+        return [CPU], f"device {device} asked but onnxruntime has no {CUDA} ({GPU_HINT})"
+    # HEURISTIC: Piper's input length changes every sentence, and an exhaustive cuDNN
+    # search per new shape would cost more than the synthesis (piper's own load() does so).
+    cuda = (CUDA, {"device_id": ordinal, "cudnn_conv_algo_search": "HEURISTIC"})
+    return [cuda, CPU], f"GPU {device} (CUDA device {ordinal} in this process)"
 
 
 class PiperSpeaker:
@@ -34,7 +60,9 @@ class PiperSpeaker:
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
         volume: float = 1.0,
+        normalize: bool = True,
         intra_op_threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import onnxruntime
         from piper import PiperVoice
@@ -47,24 +75,45 @@ class PiperSpeaker:
             opts.intra_op_num_threads = intra_op_threads
         opts.log_severity_level = 3
         config = PiperConfig.from_dict(json.loads(self.config_path.read_text("utf-8")))
-        self.voice = PiperVoice(
-            session=onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            ),
-            config=config,
+        providers, why = choose_providers(device, onnxruntime.get_available_providers())
+        if providers[0] != CPU and hasattr(onnxruntime, "preload_dlls"):
+            # How onnxruntime-gpu (>= 1.21) finds the CUDA and cuDNN of the pip wheels that
+            # its [cuda,cudnn] extras install; a system CUDA is found without it.
+            onnxruntime.preload_dlls()
+        session = onnxruntime.InferenceSession(
+            str(self.model_path), sess_options=opts, providers=providers
         )
+        self.voice = PiperVoice(session=session, config=config)
+        self.device = device
+        if providers[0] != CPU and self.provider != CUDA:
+            # onnxruntime falls back to the CPU by itself when CUDA cannot start.
+            why = f"device {device} asked but {CUDA} did not start (CUDA or cuDNN libraries?)"
+        log.info("piper %s on %s: %s", self.model_path.stem, self.provider, why)
         self.native_rate = config.sample_rate
         self.syn_config = SynthesisConfig(
             length_scale=length_scale,
             noise_scale=noise_scale,
             noise_w_scale=noise_w_scale,
             volume=volume,
+            normalize_audio=normalize,
         )
         self.trim = trim_leading_silence
-        # Piper normalises each sentence to full scale, so a fixed fraction of it works.
+        # Piper normalises each sentence to full scale, so a fixed fraction of it works (and
+        # unnormalised speech peaks near full scale too: -2 to -10 dBFS for joe).
         self.trim_threshold = int(trim_threshold * 32767 * volume)
         self.trim_keep_ms = trim_keep_ms
-        self.last_trimmed_ms = 0.0  # leading silence removed from the last first chunk
+        self._last_trimmer: LeadingSilenceTrimmer | None = None
+
+    @property
+    def provider(self) -> str:
+        """The execution provider running the model (live: onnxruntime may fall back)."""
+        return str(self.voice.session.get_providers()[0])
+
+    @property
+    def last_trimmed_ms(self) -> float:
+        """Leading silence removed from the last first chunk, so far."""
+        trimmer = self._last_trimmer
+        return trimmer.dropped * 1000 / self.native_rate if trimmer is not None else 0.0
 
     def warmup(self) -> None:
         """The first ONNX run and espeak phonemizer load cost ~0.5 s; pay them at startup."""
@@ -74,21 +123,13 @@ class PiperSpeaker:
     def synthesize(self, text: str, *, first: bool = True) -> Iterator[np.ndarray]:
         if not text.strip():
             return
-        resampler = StreamResampler(self.native_rate, OUTPUT_RATE)
         trimmer = None
         if first and self.trim:
-            self.last_trimmed_ms = 0.0
-            trimmer = LeadingSilenceTrimmer(
+            self._last_trimmer = trimmer = LeadingSilenceTrimmer(
                 self.native_rate, threshold=self.trim_threshold, keep_ms=self.trim_keep_ms
             )
-        for chunk in self.voice.synthesize(text, self.syn_config):
-            pcm = float_to_int16(chunk.audio_float_array)
-            if trimmer is not None:
-                pcm = trimmer.push(pcm)
-                self.last_trimmed_ms = trimmer.dropped * 1000 / self.native_rate
-            out = resampler.push(pcm)
-            if out.size:
-                yield out
-        tail = resampler.flush()
-        if tail.size:
-            yield tail
+        pieces = (
+            float_to_int16(chunk.audio_float_array)
+            for chunk in self.voice.synthesize(text, self.syn_config)
+        )
+        yield from to_output_rate(pieces, self.native_rate, trimmer)
