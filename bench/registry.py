@@ -17,7 +17,14 @@ from typing import Any
 
 from .report import Figure
 
-SCENARIO_MODULES = ("planes", "mesh_scenarios", "voice_scenarios", "faults", "soak")
+SCENARIO_MODULES = (
+    "planes",
+    "mesh_scenarios",
+    "voice_scenarios",
+    "tts_actors",
+    "faults",
+    "soak",
+)
 
 
 class Skip(Exception):

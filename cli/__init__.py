@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("voxmesh.cli.status:status", "show the actors of the running mesh"),
     "say": ("voxmesh.cli.say:say", "speak TEXT through the running mesh into a WAV file"),
     "talk": ("voxmesh.cli.talk:talk", "send a WAV file as the microphone, record the reply"),
+    "models": ("voxmesh.cli.models:models", "list, load and unload the TTS actors' voices"),
     "bench": ("voxmesh.cli.bench:bench", "run the benchmarks (latency, jitter, scale)"),
 }
 

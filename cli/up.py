@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import click
+
+from voxmesh.mesh.settings import EngineName
 
 from .common import CliError, MeshOptions, load_config, mesh_options
 
 if TYPE_CHECKING:
     from voxmesh.mesh.settings import Settings
 
-TTS_ENGINES = ("mock", "piper", "espeak")
+TTS_ENGINES = get_args(EngineName)  # mesh/settings.py: the one list
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,17 +87,12 @@ def up_config(options: UpOptions) -> Settings:
 
 
 def run_up(options: UpOptions) -> int:
-    import logging
-    import os
-
+    from voxmesh.mesh import logsetup
     from voxmesh.supervisor.services import ServiceUnavailable, load_service
     from voxmesh.supervisor.supervisor import Supervisor
 
     config = up_config(options)
-    logging.basicConfig(
-        level=getattr(logging, os.environ.get("VOXMESH_LOG_LEVEL", "INFO").upper(), logging.INFO),
-        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    logsetup.configure(config.log.level, config.log.format, config.log.file, process="supervisor")
     services = []
     if options.livekit:
         try:

@@ -45,6 +45,11 @@ class ErrorCode(enum.StrEnum):
         "unauthorized",
         "auth is on and the token is missing or wrong (WebSocket closed with 1008; HTTP 401)",
     )
+    UNKNOWN_VOICE = (
+        "unknown_voice",
+        "a `voice` (in `hello` or a `voice` message) no TTS actor offers; the session keeps "
+        "its voice",
+    )
     NO_SLOT = "no_slot", "every session slot is taken; the socket is closed (1013, try again later)"
     SLOW_READER = (
         "slow_reader",

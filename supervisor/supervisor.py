@@ -45,11 +45,22 @@ import zmq
 
 from voxmesh.mesh import auth
 from voxmesh.mesh.hub import Hub, Peer
-from voxmesh.mesh.protocol import Message, PeerGone, Shutdown, Status, StatusRequest
+from voxmesh.mesh.protocol import (
+    Message,
+    ModelInfo,
+    ModelList,
+    ModelLoad,
+    ModelUnload,
+    PeerGone,
+    Shutdown,
+    Status,
+    StatusRequest,
+)
 from voxmesh.mesh.ring import Geometry, RingSegment, remove_stale_segments, segment_name
 from voxmesh.mesh.settings import Settings
 
 from . import statefile, topology
+from .metricsdir import MetricsDir
 from .process import ManagedProcess, State
 from .services import Service
 
@@ -61,6 +72,7 @@ BACKOFF_MAX_S = 30.0  # the doubling restart delay stops growing here
 IPC_PATH_MAX = 100  # sun_path holds 108 bytes on Linux; keep a margin for the socket name
 CPU_SAMPLE_S = 1.0  # how often each actor's CPU use is sampled (to tell busy from hung)
 BUSY_SHARE = 0.2  # an actor silent while using this share of a core is busy, not hung
+MAX_MODEL_ASKERS = 16  # `voxmesh models` commands waiting on one TTS actor
 STARVED_GRACE_S = 10.0  # a busy, silent actor gets this long to answer before a restart
 
 
@@ -91,10 +103,12 @@ class Supervisor:
         self._segment: RingSegment | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._hub: Hub | None = None
+        self._metrics: MetricsDir | None = None
         self._started_services: list[Service] = []
         self._state_written = False
         self._secret = auth.new_secret()  # only the actors we start learn it (on stdin)
         self._standby_names = frozenset(self.mesh.standby)
+        self._model_askers: dict[str, list[str]] = {}  # TTS actor -> clients awaiting it
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -162,6 +176,8 @@ class Supervisor:
                 raise SupervisorError(f"{service.name} failed to start: {exc}") from exc
         specs = topology.plan(self.settings, self._run_dir, self._segment.name, self._secret)
         self.procs = [ManagedProcess(spec) for spec in specs]
+        self._metrics = MetricsDir(self._run_dir)
+        self._metrics.open(p.name for p in self.procs)
         self._say(f"loading models: {self.procs[0].name} ...")
         self.procs[0].spawn()
 
@@ -312,6 +328,8 @@ class Supervisor:
                 f"{self.mesh.restart_window_s:g} s (restart_max {limit}): giving up"
             )
             return
+        if self._metrics is not None:
+            self._metrics.restarted(proc.name, gone)
         if proc.promote():  # a warm spare has its models loaded: no backoff, no load time
             log.warning("%s %s: its warm standby takes over", proc.name, reason)
             proc.failed_at = now
@@ -402,6 +420,40 @@ class Supervisor:
         assert self._hub is not None
         if isinstance(msg, StatusRequest):
             self._hub.send(peer.name, self.status())
+        elif isinstance(msg, (ModelLoad, ModelUnload, ModelList)) and peer.kind == "client":
+            self._relay_model_command(peer, msg)
+        elif isinstance(msg, ModelInfo) and peer.kind == "tts":
+            askers = self._model_askers.get(peer.name)
+            if askers:  # answers come in the order asked (one command at a time per client)
+                self._hub.send(askers.pop(0), msg)
+
+    def _relay_model_command(self, asker: Peer, msg: ModelLoad | ModelUnload | ModelList) -> None:
+        """``voxmesh models``: pass the command to the TTS actor it names, or the one it
+        fits (load: the least loaded actor of the voice's engine; unload: one that has the
+        voice resident); its ModelInfo goes back to the asker."""
+        assert self._hub is not None
+        tts = [p for p in self._hub.peers.values() if p.kind == "tts"]
+        wanted = getattr(msg, "actor", "")
+        model = getattr(msg, "model", "")
+        if wanted:
+            fits = [p for p in tts if p.name == wanted]
+        elif isinstance(msg, ModelUnload):
+            fits = [p for p in tts if model in p.info.get("resident", ())]
+        else:
+            engine = model.partition(":")[0] if ":" in model else ""
+            fits = [p for p in tts if not engine or p.info.get("engine") == engine]
+        if not fits:
+            why = f"no TTS actor named {wanted!r}" if wanted else f"no TTS actor fits {model!r}"
+            known = ", ".join(sorted(p.name for p in tts)) or "none up"
+            self._hub.send(asker.name, ModelInfo([], [], error=f"{why} (actors: {known})"))
+            return
+        target = min(fits, key=lambda p: (float(p.info.get("load", 0) or 0), p.name))
+        askers = self._model_askers.setdefault(target.name, [])
+        if len(askers) < MAX_MODEL_ASKERS:
+            askers.append(asker.name)
+            self._hub.send(target.name, msg)
+        else:
+            self._hub.send(asker.name, ModelInfo([], [], error=f"{target.name} is busy; retry"))
 
     def status(self) -> Status:
         assert self._hub is not None
@@ -500,6 +552,8 @@ class Supervisor:
             self._segment.close()
             self._segment.unlink()
             self._segment = None
+        if self._metrics is not None:
+            self._metrics.close()
         if self._run_dir is not None:
             if self._own_run_dir:
                 shutil.rmtree(self._run_dir, ignore_errors=True)

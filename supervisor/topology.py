@@ -1,7 +1,8 @@
 """Which actors a mesh runs, and the spec each one is started with.
 
 The router first (it binds the control socket), then transport, vad, asr and the TTS
-actors: one per GPU with ``CUDA_VISIBLE_DEVICES`` pinned, or a single ``tts0`` on the CPU.
+actors: one per ``[[tts.actors]]`` table, else one per GPU, else a single ``tts0`` on the
+CPU; each pinned to its device with ``CUDA_VISIBLE_DEVICES`` ("" on the CPU).
 The router learns which actors to expect from its spec's ``expected`` (the names of every
 other actor), so it can tell the transport when the whole mesh is up. Each actor is given
 only its own settings sections (``mesh/settings.py`` ``SECTIONS``).
@@ -9,11 +10,12 @@ only its own settings sections (``mesh/settings.py`` ``SECTIONS``).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
 
-from voxmesh.mesh.settings import Settings, sections_for
+from voxmesh.mesh.settings import Settings, TtsActorSettings, TtsSettings, sections_for, to_dict
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 ROUTER = "router"
@@ -34,25 +36,32 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
 
 
-def tts_devices(setting: str) -> list[str | None]:
+def tts_devices(setting: str) -> list[str]:
     """``tts.devices`` (checked by mesh/settings.py): "auto" (every GPU, else the CPU), "cpu",
-    or GPU indices "0,1"."""
+    "none", or GPU indices "0,1"."""
     value = setting.strip().lower()
-    if value == "cpu":
-        return [None]
+    if value in ("cpu", "none"):
+        return ["cpu"] if value == "cpu" else []
     if value == "auto":
-        gpus = detect_gpus()
-        return list(gpus) if gpus else [None]
+        return detect_gpus() or ["cpu"]
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def tts_actors(tts: TtsSettings) -> list[tuple[str, TtsActorSettings]]:
+    """(name, table) of every local TTS actor: the [[tts.actors]] tables, else one actor per
+    device of ``tts.devices``, all running ``tts.engine``."""
+    if tts.actors:
+        return [(a.name or f"tts{i}", a) for i, a in enumerate(tts.actors)]
+    return [
+        (f"tts{i}", dataclasses.replace(tts.own(), device=device))
+        for i, device in enumerate(tts_devices(tts.devices))
+    ]
 
 
 def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> list[ActorSpec]:
     """Every actor's spec, in start order (the router first)."""
     mesh = settings.mesh
-    tts: list[tuple[str, dict[str, str]]] = []
-    for i, device in enumerate(tts_devices(settings.tts.devices)):
-        env = {"CUDA_VISIBLE_DEVICES": device if device is not None else ""}
-        tts.append((f"tts{i}", env))
+    tts = tts_actors(settings.tts)
     names = [ROUTER, *FIXED_ACTORS, *(name for name, _ in tts)]
     place = MeshPlace(
         router=f"ipc://{run_dir}/router.sock",
@@ -64,18 +73,23 @@ def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> l
         hold_s=mesh.hold_s,
     )
 
-    def spec(kind: str, name: str, env: dict[str, str] | None = None) -> ActorSpec:
+    def spec(kind: str, name: str, own: TtsActorSettings | None = None) -> ActorSpec:
+        sections = sections_for(settings, kind)
+        env: dict[str, str] = {}
+        if own is not None:  # a TTS actor: its table only, pinned to its device
+            sections["tts"] = to_dict(dataclasses.replace(settings.tts, actors=(own,)))
+            env["CUDA_VISIBLE_DEVICES"] = "" if own.device == "cpu" else own.device
         return ActorSpec(
             kind=kind,
             name=name,
             place=place,
-            settings=sections_for(settings, kind),
-            env=dict(env or {}),
+            settings=sections,
+            env=env,
             expected=names[1:] if kind == ROUTER else [],
         )
 
     return [
         spec(ROUTER, ROUTER),
         *(spec(kind, kind) for kind in FIXED_ACTORS),
-        *(spec("tts", name, env) for name, env in tts),
+        *(spec("tts", name, own) for name, own in tts),
     ]

@@ -20,7 +20,7 @@ from meshproc import free_port
 from voxmesh.cli import COMMANDS, main, version
 
 REPO = Path(__file__).resolve().parent.parent
-EXISTING = ["up", "status", "say", "talk", "bench"]
+EXISTING = ["up", "status", "say", "talk", "models", "bench"]
 HEAVY = ("numpy", "onnxruntime", "faster_whisper", "ctranslate2", "aiohttp", "zmq", "soxr")
 
 
@@ -71,7 +71,7 @@ def test_help_lists_exactly_the_commands_that_exist(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     listed = out.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[0] for line in listed] == EXISTING, out
-    for missing in ("models", "console", "keys", "worker"):
+    for missing in ("console", "keys", "worker"):
         assert missing not in out
 
 
@@ -136,7 +136,9 @@ def test_python_m_voxmesh_help_does_not_import_numpy(tmp_path: Path) -> None:
     ("argv", "code", "message"),
     [
         ([], 2, "missing command"),
-        (["models"], 2, "no such command 'models'"),
+        (["keys"], 2, "no such command 'keys'"),
+        (["models", "list", "--port", "{free}"], 1, "no voxmesh is running on port"),
+        (["models", "load"], 2, "missing argument 'VOICE'"),
         (["up", "--bogus"], 2, "--bogus"),
         (["up", "--tts", "festival"], 2, "'festival' is not one of 'mock', 'piper', 'espeak'"),
         (["up", "--port", "many"], 2, "'many' is not a valid integer"),
@@ -192,7 +194,7 @@ def test_an_unwritable_output_fails_before_anything_else(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("models",), "no such command 'models'"),
+        (("keys",), "no such command 'keys'"),
         (("talk", "{tmp}/float.wav", "-o", "{tmp}/out.wav"), "unknown format: 3"),
     ],
 )

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,9 +21,11 @@ from livekit import api
 from lkclient import AGENT, TOPIC, LkClient
 from lkserver import TEST_SECRET
 from meshproc import MeshProc, free_port, mesh_up, toml_text, wait_for
+from promtext import sample, scrape
 from speechgen import pad_silence, piper_wav, speech_bounds
 
 from voxmesh.actors.transport.livekit_bridge import receive_stats
+from voxmesh.client import event_is
 from voxmesh.mesh.settings import Settings
 from voxmesh.speech.wer import word_error_rate
 from voxmesh.supervisor.livekit import LiveKitServerError, LiveKitService
@@ -58,11 +58,9 @@ def speech(text: str) -> tuple[np.ndarray, int, int]:
 
 
 def sessions(mesh: MeshProc) -> int:
-    with urllib.request.urlopen(mesh.url + "metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.search(r"^voxmesh_transport_sessions (\d+)$", text, re.M)
-    assert found, "voxmesh_transport_sessions missing from /metrics"
-    return int(found.group(1))
+    found = sample(scrape(mesh.url), "voxmesh_transport_sessions")
+    assert found is not None, "voxmesh_transport_sessions missing from /metrics"
+    return int(found)
 
 
 def status_sessions(mesh: MeshProc) -> int:
@@ -92,18 +90,19 @@ def test_talk_over_livekit(mesh: MeshProc) -> None:
         audio, _, last = speech(QUESTION)
         async with await LkClient.join(mesh.url) as c:
             await c.wait_event("state", 10, state="listening")  # the core session is open
-            start = c.mic.play(audio)
+            start = c.mic.queue(audio) - audio.size
             final = await c.wait_event("transcript", 20, final=True)
-            assert word_error_rate(QUESTION, final.data["text"]) <= 0.25, final.data
+            assert word_error_rate(QUESTION, final["text"]) <= 0.25, final
             reply = await c.wait_event("reply", 5)
-            assert word_error_rate(QUESTION, reply.data["text"]) <= 0.25  # the echo responder
-            begun = await c.wait_event("audio_start", 10)
-            ended = await c.wait_event("audio_end", 20, since=c.events.index(begun))
+            assert word_error_rate(QUESTION, reply["text"]) <= 0.25  # the echo responder
+            begun = await c.next_event(event_is("audio_start"), 10)
+            ended = await c.next_event(event_is("audio_end"), 20, since=c.events.index(begun))
             assert ended.data["reason"] == "done"
             assert ended.data["utterance_id"] == begun.data["utterance_id"]
             # The reply is heard on the agent's `voxmesh` track: a couple of seconds of voice.
             assert c.agent_track == (AGENT, TOPIC)
-            spoken_at = c.mic.sent_at(start + last - 1)
+            spoken_at = c.mic.sent_time(start + last - 1)
+            assert spoken_at is not None
             first = await c.wait_loud(spoken_at, 5, frames=100)  # 1 s of audible frames
             assert begun.t - 0.05 <= first < ended.t + 1.0
             assert first - spoken_at < 5.0, "the spoken reply came far too late"
@@ -122,22 +121,22 @@ def test_barge_in_over_livekit(mesh: MeshProc) -> None:
             begun = await c.wait_event("audio_start", 10)
             await c.wait_loud(t_say, 5, frames=50)  # half a second of it has been heard
             since = c.mark()
-            start = c.mic.play(audio)
-            ended = await c.wait_event("audio_end", 10, since=since)
+            start = c.mic.queue(audio) - audio.size
+            ended = await c.next_event(event_is("audio_end"), 10, since=since)
             assert ended.data == {
                 "type": "audio_end",
-                "utterance_id": begun.data["utterance_id"],
+                "utterance_id": begun["utterance_id"],
                 "reason": "interrupted",
             }
             # The clear that came with the stop (an earlier one may have been followed by a
             # RESUME, had the VAD heard a short blip first).
-            clears = [e for e in c.events_of("clear", since) if e.t <= ended.t]
+            clears = [e for e in c.received("clear", since) if e.t <= ended.t]
             assert clears, f"no `clear` before the interrupted audio_end: {c.types(since)}"
             clear = clears[-1]
             # Watch a while past the clear: the long reply's audio must have stopped. (The
             # echo of the interruption comes only after the user's turn ends, ~2 s later.)
             await asyncio.sleep(0.8)
-            echo = c.events_of("audio_start", since)
+            echo = c.received("audio_start", since)
             window_end = echo[0].t if echo else clear.t + 0.8
             tail = [t for t in c.loud_since(clear.t) if t < window_end]
             late = (tail[-1] - clear.t) if tail else 0.0
@@ -146,7 +145,8 @@ def test_barge_in_over_livekit(mesh: MeshProc) -> None:
             assert c.agent_audio is not None
             jb = await receive_stats(c.agent_audio)
             assert late < MAX_TAIL_S, f"audio went on {late * 1000:.0f} ms after `clear` ({jb})"
-            voiced_at = c.mic.sent_at(start + first_voiced)
+            voiced_at = c.mic.sent_time(start + first_voiced)
+            assert voiced_at is not None
             stopped = max([t for t in c.loud_since(t_say) if t < window_end])
             assert stopped - voiced_at < 1.5, "barge-in took far too long"
 
@@ -214,9 +214,9 @@ def test_service_with_a_url_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_missing_binary_says_to_run_make_livekit(tmp_path: Path) -> None:
-    config: dict[str, dict[str, object]] = {"livekit": {"binary": str(tmp_path / "nope")}}
+    settings = Settings().replace(livekit={"binary": str(tmp_path / "nope")})
     with pytest.raises(LiveKitServerError, match="make livekit"):
-        LiveKitService(config).start(config, tmp_path)
+        LiveKitService(settings).start(settings, tmp_path)
 
 
 def test_up_with_missing_binary_fails_clearly(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_plan_cpu_when_no_gpu_or_asked(tmp_path: Path, monkeypatch: pytest.Monke
     specs = topology.plan(cfg, Path("/r"), "s")
     assert [s.name for s in specs][4:] == ["tts0"]
     assert specs[4].env == {"CUDA_VISIBLE_DEVICES": ""}
-    assert topology.tts_devices("cpu") == [None]
+    assert topology.tts_devices("cpu") == ["cpu"] and topology.tts_devices("none") == []
     assert topology.tts_devices("1, 3") == ["1", "3"]
     with pytest.raises(ConfigError, match=r"tts\.devices must be"):
         config.load(environ={"VOXMESH_TTS_DEVICES": "gpu"})

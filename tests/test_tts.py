@@ -499,24 +499,33 @@ def test_model_list_load_unload_and_heartbeat_info() -> None:
         with ring_segment() as seg:
             async with running_tts(seg, resident_max=2) as mesh:
                 router = mesh.router
+                # Voices are "engine:voice" on the mesh; the engine's own name works too.
                 info = await router.reply(ModelList(), ModelInfo)
-                assert (info.resident, info.error) == (["mock"], "")
-                assert "mock" in info.available
-                info = await router.reply(ModelLoad(model="mock-b"), ModelInfo)
-                assert (info.resident, info.error) == (["mock", "mock-b"], "")
+                assert (info.resident, info.error, info.actor) == (["mock:mock"], "", TTS)
+                assert "mock:mock" in info.available
+                info = await router.reply(ModelLoad(model="mock:mock-b"), ModelInfo)
+                assert (info.resident, info.error) == (["mock:mock", "mock:mock-b"], "")
                 info = await router.reply(ModelLoad(model="no-such-voice"), ModelInfo)
-                assert "no-such-voice" in info.error and info.resident == ["mock", "mock-b"]
+                assert "no-such-voice" in info.error
+                assert info.resident == ["mock:mock", "mock:mock-b"]
                 await wait_for(
-                    lambda: router.hub.peers[TTS].info.get("resident") == ["mock", "mock-b"],
+                    lambda: (
+                        router.hub.peers[TTS].info.get("resident") == ["mock:mock", "mock:mock-b"]
+                    ),
                     5,
                     "a heartbeat advertising both models",
                 )
                 beat = router.hub.peers[TTS].info
                 assert beat["engine"] == "mock" and beat["load"] == 0
+                assert (beat["device"], beat["provider"], beat["default"]) == (
+                    "cpu",
+                    "mock",
+                    "mock:mock",
+                )
                 info = await router.reply(ModelUnload(model="mock-b"), ModelInfo)
-                assert (info.resident, info.error) == (["mock"], "")
-                info = await router.reply(ModelUnload(model="mock-b"), ModelInfo)
-                assert info.error and info.resident == ["mock"]
+                assert (info.resident, info.error) == (["mock:mock"], "")
+                info = await router.reply(ModelUnload(model="mock:mock-b"), ModelInfo)
+                assert info.error and info.resident == ["mock:mock"]
                 # A SPEAK for a voice that is not resident loads it on demand.
                 router.send(speak("Hi.", voice="mock-c"))
                 check_utterance(await read_frames(mesh.ring()), 1, 1, "Hi.")
@@ -614,9 +623,9 @@ def test_build_maps_the_tts_config_section() -> None:
 def test_unknown_and_missing_engines_fail_clearly() -> None:
     with pytest.raises(adapters.EngineUnavailable, match="unknown TTS engine 'nope'"):
         adapters.engine("nope")
-    if importlib.util.find_spec("torch") is None:
-        with pytest.raises(adapters.EngineUnavailable, match="PyTorch"):
-            adapters.engine("gpu")
+    if importlib.util.find_spec("TTS") is None:
+        with pytest.raises(adapters.EngineUnavailable, match=r"voxmesh\[xtts\]"):
+            adapters.engine("xtts")
 
 
 def test_mock_engine_imports_no_model_library() -> None:

@@ -25,6 +25,7 @@ from voxmesh.mesh.protocol import (
     ClientEvent,
     ClientInterrupt,
     ClientText,
+    ClientVoice,
     MeshHealth,
     Message,
     PeerGone,
@@ -32,6 +33,7 @@ from voxmesh.mesh.protocol import (
     PlaybackStarted,
     SessionClose,
     SessionOpen,
+    Speak,
     SpeakDone,
     SpeakProgress,
     Transcript,
@@ -42,6 +44,7 @@ from voxmesh.mesh.settings import AsrSettings, RouterSettings, TtsSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
+from . import turnlog
 from .responder import Responder, make_responder
 from .session import Session
 from .turns import TurnConfig, TurnEngine
@@ -54,6 +57,7 @@ SENDERS: dict[type[Message], str] = {
     SessionClose: "transport",
     ClientText: "transport",
     ClientInterrupt: "transport",
+    ClientVoice: "transport",
     PlaybackStarted: "transport",
     PlaybackEnded: "transport",
     VadEvent: "vad",
@@ -164,8 +168,14 @@ class RouterActor(Actor):
         self._send("asr", msg)
 
     def to_tts(self, session: Session, msg: Message) -> bool:
-        if session.tts is None or self.hub is None or session.tts not in self.hub.peers:
-            session.tts = self._pick_tts()
+        voice = msg.voice if isinstance(msg, Speak) else ""
+        peer = self.hub.peers.get(session.tts) if self.hub and session.tts else None
+        # A new utterance in a voice the sticky actor lacks moves the session.
+        moved = (
+            isinstance(msg, Speak) and msg.first and peer is not None and not _offers(peer, voice)
+        )
+        if peer is None or moved:
+            session.tts = self._pick_tts(voice)
         if session.tts is None:
             self.counters.bump("no_tts")
             return False
@@ -181,6 +191,13 @@ class RouterActor(Actor):
         if self.segment is None:
             return 0
         return self.segment.slots[session.slot].mic.head * MIC_FRAME_SAMPLES
+
+    def mic_time(self, session: Session, sample: int) -> float | None:
+        if self.segment is None or sample <= 0:
+            return None
+        # The stamp of the frame holding the sample before ``sample``: when it arrived.
+        frame = self.segment.slots[session.slot].mic.read_at((sample - 1) // MIC_FRAME_SAMPLES)
+        return frame.t if frame is not None else None
 
     def _send(self, peer: str, msg: Message) -> bool:
         if self.hub is None:
@@ -211,13 +228,35 @@ class RouterActor(Actor):
             await asyncio.wait_for(self._tts_up.wait(), timeout_s)
         return self._pick_tts() is not None
 
-    def _pick_tts(self) -> str | None:
+    def _pick_tts(self, voice: str = "") -> str | None:
+        """The TTS actor for an utterance in ``voice`` ("" any): one that has the voice
+        resident, else the least loaded one that can load it."""
         if self.hub is None:
             return None
-        live = [p for p in self.hub.peers.values() if p.kind == "tts"]
+        live = [p for p in self.hub.peers.values() if p.kind == "tts" and _offers(p, voice)]
         if not live:
             return None
-        return min(live, key=lambda p: (float(p.info.get("load", 0) or 0), p.name)).name
+
+        def cost(p: Peer) -> tuple[bool, float, str]:
+            cold = bool(voice) and voice not in p.info.get("resident", ())
+            return (cold, float(p.info.get("load", 0) or 0), p.name)
+
+        return min(live, key=cost).name
+
+    def voices(self) -> set[str]:
+        """Every voice a live TTS actor offers (``engine:voice``)."""
+        peers = self.hub.peers.values() if self.hub is not None else ()
+        return {str(v) for p in peers if p.kind == "tts" for v in p.info.get("voices", ())}
+
+    def _set_voice(self, s: Session, voice: str) -> None:
+        known = self.voices()
+        if voice and voice not in known:
+            listed = ", ".join(sorted(known)) or "none (no TTS actor is up)"
+            msg = f"no TTS actor offers the voice {voice!r}; voices: {listed}"
+            self.event(s, error_event(ErrorCode.UNKNOWN_VOICE, msg))
+            return
+        s.voice = voice  # from the next utterance: one utterance, one voice, one actor
+        self.event(s, {"type": "voice", "voice": voice})
 
     # --- peers -----------------------------------------------------------------------------
 
@@ -322,7 +361,7 @@ class RouterActor(Actor):
             return
         session = self.sessions.get(getattr(msg, "session", ""))
         if session is None:
-            if isinstance(msg, (ClientText, ClientInterrupt)):
+            if isinstance(msg, (ClientText, ClientInterrupt, ClientVoice)):
                 self._hold_early(msg)
             else:
                 self.counters.bump("unknown_session")
@@ -336,6 +375,8 @@ class RouterActor(Actor):
             engine.say(session, msg.text, as_user=msg.mode != "say")
         elif isinstance(msg, ClientInterrupt):
             engine.interrupt_now(session)
+        elif isinstance(msg, ClientVoice):
+            self._set_voice(session, msg.voice)
         elif isinstance(msg, SpeakDone):
             engine.on_speak_done(session, msg)
         elif isinstance(msg, SpeakProgress):
@@ -354,7 +395,7 @@ class RouterActor(Actor):
         old = self.sessions.get(msg.session)
         if old is not None and old.generation == msg.generation:
             return  # a re-announcement after we reconnected: nothing changed
-        session = Session(msg.session, msg.slot, msg.generation, msg.client)
+        session = Session(msg.session, msg.slot, msg.generation, msg.client, voice=msg.voice)
         session.last_progress = time.monotonic()
         self.engine.adopt(session, msg.epoch, msg.utterance, msg.utterances)
         self.sessions[msg.session] = session
@@ -363,11 +404,12 @@ class RouterActor(Actor):
             if peer.kind in SESSION_PEERS:
                 self._send(peer.name, msg)
         self.event(session, {"type": "state", "state": session.state.value})
+        turnlog.session_opened(session.id, session.client, session.slot)
         for _, early in self._early.pop(msg.session, []):
             self.counters.bump("early_served")
             self._dispatch_message(transport, early)
 
-    def _hold_early(self, msg: ClientText | ClientInterrupt) -> None:
+    def _hold_early(self, msg: ClientText | ClientInterrupt | ClientVoice) -> None:
         held = self._early.get(msg.session)
         if held is None:
             if len(self._early) >= EARLY_SESSIONS:
@@ -399,6 +441,8 @@ class RouterActor(Actor):
             if task is not None:
                 task.cancel()
         self.sessions.pop(s.id, None)
+        self.engine.closed(s)
+        turnlog.session_closed(s.id, reason, time.monotonic() - s.opened_at, s.utterances)
         assert self.hub is not None
         close = SessionClose(session=s.id, reason=reason)
         for peer in list(self.hub.peers.values()):
@@ -418,3 +462,7 @@ def build(spec: ActorSpec) -> RouterActor:
         turn=turn,
         expected=spec.expected,
     )
+
+
+def _offers(peer: Peer, voice: str) -> bool:
+    return not voice or voice in peer.info.get("voices", ())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from voxmesh.mesh import metrics
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
@@ -23,7 +24,7 @@ from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 from .errors import ClientError
 from .links import ClientLink
-from .metrics import TransportStats, render
+from .metrics import TransportStats, families
 from .pacer import RingWatcher
 from .server import WebServer
 from .session import Session
@@ -53,7 +54,6 @@ class TransportActor(Actor):
         livekit: LiveKitSettings | None = None,
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        ring_poll_ms: float = 2.0,
     ) -> None:
         super().__init__(name, place, context=context)
         cfg = settings or ServerSettings()
@@ -67,7 +67,7 @@ class TransportActor(Actor):
         host, port = cfg.host, cfg.port
         hold_s = place.hold_s
         self.stats = TransportStats()
-        self.watcher = RingWatcher(ring_poll_ms / 1000)
+        self.watcher = RingWatcher()
         self.server = WebServer(self, host, port)
         self.sessions: dict[str, Session] = {}
         self.segment: RingSegment | None = None
@@ -90,7 +90,7 @@ class TransportActor(Actor):
         self.segment = RingSegment.attach(self.segment_name)
         # The transport is the only one that claims slots: after a restart all are ours.
         self._free_slots = list(range(len(self.segment.slots)))
-        self.spawn(self.watcher.run())
+        self.spawn(self.watcher.run(self.segment.doorbell()))
         self.every(HELD_EXPIRY_S, self._expire_held)
         if self.livekit is not None:
             from .livekit_bridge import LiveKitBridge  # optional: only with LiveKit configured
@@ -270,14 +270,16 @@ class TransportActor(Actor):
         return ok, detail
 
     def metrics_text(self) -> str:
+        """Every actor's metrics (mesh/metrics.py) and this transport's own."""
         mesh = self.mesh_health
-        return render(
+        own = families(
             self.stats,
             sessions=len(self.sessions),
             mesh_ready=bool(mesh is not None and mesh.ready),
             router_alive=self.router_alive(),
             counters=self.counters,
         )
+        return metrics.exposition(own).decode()
 
 
 def build(spec: ActorSpec) -> TransportActor:

@@ -1,8 +1,9 @@
 """The HTTP side of the transport: one port for the page, health, metrics, WebSocket, LiveKit.
 
 Routes: ``GET /`` (``static/index.html``, or a minimal page), ``GET /static/...`` and
-top-level files of ``static/``, ``GET /health``, ``GET /metrics``, ``GET /ws`` (DESIGN
-section 4), ``POST /session`` (a LiveKit room, or 404 when LiveKit is not configured).
+top-level files of ``static/``, ``GET /health``, ``GET /metrics``, ``GET /ws``
+(docs/client-protocol.md), ``POST /session`` (a LiveKit room, or 404 when LiveKit is not
+configured).
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ class WebServer:
                         continue
                     rate = self._check_hello(obj)
                     session = await self.core.open_session(link, client="ws", greet=True)
+                    if "voice" in obj:  # hello.voice: as a `voice` message right after
+                        await session.client_message({"type": "voice", "voice": obj["voice"]})
                 except ClientError as err:
                     await self._refuse(ws, link, session, err)
                 except Exception:  # a bug of ours must not end the client's session

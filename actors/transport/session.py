@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from voxmesh.mesh.protocol import (
     ClientInterrupt,
     ClientText,
+    ClientVoice,
     Hold,
     Message,
     Release,
@@ -35,6 +36,7 @@ from .playback import Playback
 
 log = logging.getLogger("voxmesh.transport")
 
+MAX_VOICE_CHARS = 256  # a voice name; longer is a client bug
 MAX_BACKLOG = 256  # error events are dropped while this many messages wait for the client
 SLOW_READER_CLOSE = 1008  # the WebSocket close code for a slow reader (policy violation)
 
@@ -71,6 +73,7 @@ class Session:
         self.slot = slot
         self.generation = generation
         self.client = client
+        self.voice = ""  # as the router last confirmed it
         self.closed = False
         self.mic = MicWriter(slot.mic)
         self.pacer = Pacer(
@@ -90,6 +93,7 @@ class Session:
             "interrupt": self._interrupt,
             "played": self._played,
             "hello": self._hello,
+            "voice": self._voice,
         }
 
     @property
@@ -107,6 +111,7 @@ class Session:
             epoch=pb.epoch,
             utterance=pb.playing,
             utterances=pb.utterances_seen,
+            voice=self.voice,
         )
 
     def start(self) -> None:
@@ -209,6 +214,12 @@ class Session:
             raise ClientError(ErrorCode.BAD_FIELD, f"{mode}.text is empty")
         self._to_router(ClientText(session=self.session_id, text=text, mode=mode))
 
+    def _voice(self, msg: dict[str, Any]) -> None:
+        voice = field(msg, "voice", str, "voice")
+        if len(voice) > MAX_VOICE_CHARS:
+            raise ClientError(ErrorCode.BAD_FIELD, f"voice exceeds {MAX_VOICE_CHARS} characters")
+        self._to_router(ClientVoice(session=self.session_id, voice=voice))  # checked there
+
     def _interrupt(self, msg: dict[str, Any]) -> None:
         self._to_router(ClientInterrupt(session=self.session_id))
 
@@ -248,4 +259,8 @@ class Session:
 
     def forward(self, event: dict[str, Any]) -> None:
         """A CLIENT_EVENT from the router: passed on as is, in order with the audio."""
+        if event.get("type") == "error":  # counted here with ours: every error a client gets
+            self.owner.stats.client_errors[str(event.get("code", ""))] += 1
+        elif event.get("type") == "voice":  # the router's yes: re-announced if it restarts
+            self.voice = str(event.get("voice", ""))
         self.send_event(event)

@@ -7,8 +7,11 @@ send each utterance to an actor that has the voice resident, else the least load
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,11 +34,13 @@ from voxmesh.mesh.ring import RingSegment
 from voxmesh.mesh.settings import TtsSettings
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
+from .adapters import ENGINES
 from .adapters import engine as make_engine
 from .models import ModelManager
 from .streamer import Streamer
 
 EVICT_INTERVAL_S = 1.0
+HOST = socket.gethostname()  # shown by `voxmesh models list` (actors may live elsewhere)
 
 
 class TtsActor(Actor):
@@ -51,13 +56,16 @@ class TtsActor(Actor):
     ) -> None:
         super().__init__(name, place, context=context)
         self.settings = cfg = settings or TtsSettings()
+        self.own = own = cfg.own()  # this actor's engine, device and voices
         self.segment_name = place.segment
         # Resolve the engine now: a bad engine name fails at build, not at the first SPEAK.
-        self.engine = make_engine(cfg.engine, {"voice": cfg.voice})
+        self.engine = make_engine(
+            own.engine, voice=own.voice, device=own.device, level_dbfs=cfg.level_dbfs
+        )
         self.models = ModelManager(
             self.engine,
-            preload=cfg.preload,
-            resident_max=cfg.resident_max,
+            preload=[self.local(v) for v in own.preload],
+            resident_max=own.resident_max,
             idle_ttl_s=cfg.idle_ttl_s,
         )
         self.segment: RingSegment | None = None
@@ -93,11 +101,20 @@ class TtsActor(Actor):
         if evicted:
             self.counters.bump("models_evicted", len(evicted))
 
+    # --- voices: "engine:voice" on the mesh, the engine's own name inside ------------------
+
+    def qualified(self, voice: str) -> str:
+        return f"{self.engine.name}:{voice}"
+
+    def local(self, voice: str) -> str:
+        """``voice`` without our engine's prefix ("" stays "": the default voice)."""
+        return voice.removeprefix(f"{self.engine.name}:")
+
     def handle(self, msg: Message) -> None:
         streamer = self.streamer
         assert streamer is not None  # links open only after on_start
         if isinstance(msg, Speak):
-            streamer.speak(msg, time.monotonic())
+            streamer.speak(dataclasses.replace(msg, voice=self.local(msg.voice)), time.monotonic())
         elif isinstance(msg, Pause):
             streamer.pause(msg)
         elif isinstance(msg, Resume):
@@ -106,30 +123,44 @@ class TtsActor(Actor):
             streamer.stop(msg)
         elif isinstance(msg, SessionClose):
             streamer.close(msg.session)
-        elif isinstance(msg, ModelLoad):
-            self.spawn(self._load(msg.model))
+        else:
+            self._serve_models(msg, self.send)
+
+    def handle_supervisor(self, msg: Message) -> None:
+        """``voxmesh models load/unload`` reach us through the supervisor."""
+        link = self.links.get("supervisor")
+        self._serve_models(msg, link.send if link is not None else lambda m: False)
+
+    def _serve_models(self, msg: Message, reply: Callable[[Message], bool]) -> None:
+        if isinstance(msg, ModelLoad):
+            self.spawn(self._load(self.local(msg.model), reply))
         elif isinstance(msg, ModelUnload):
-            ok = self.models.unload(msg.model)
-            self._model_info("" if ok else f"model {msg.model!r} is not resident")
+            voice = self.local(msg.model)
+            ok = self.models.unload(voice)
+            reply(self._model_info("" if ok else f"voice {msg.model!r} is not resident"))
         elif isinstance(msg, ModelList):
-            self._model_info()
+            reply(self._model_info())
         else:
             self.counters.bump("unhandled")
 
-    async def _load(self, model: str) -> None:
+    async def _load(self, voice: str, reply: Callable[[Message], bool]) -> None:
+        if voice.partition(":")[0] in ENGINES and ":" in voice:  # another engine's voice
+            reply(self._model_info(f"{self.name} runs {self.engine.name}, not {voice!r}"))
+            return
         try:
-            await self.models.load(model)
+            await self.models.load(voice)
         except Exception as exc:  # reported to the asker; the actor serves on
             self.counters.bump("model_load_errors")
-            self._model_info(f"cannot load {model!r}: {type(exc).__name__}: {exc}")
+            reply(self._model_info(f"cannot load {voice!r}: {type(exc).__name__}: {exc}"))
         else:
-            self._model_info()
+            reply(self._model_info())
 
-    def _model_info(self, error: str = "") -> None:
-        self.send(
-            ModelInfo(
-                available=self.models.available(), resident=self.models.resident(), error=error
-            )
+    def _model_info(self, error: str = "") -> ModelInfo:
+        return ModelInfo(
+            available=[self.qualified(v) for v in self.models.available()],
+            resident=[self.qualified(v) for v in self.models.resident()],
+            error=error,
+            actor=self.name,
         )
 
     def first_frame_ms(self) -> dict[str, float]:
@@ -143,9 +174,12 @@ class TtsActor(Actor):
         streamer = self.streamer
         return {
             "engine": self.engine.name,
-            "models": self.models.available(),
-            "resident": self.models.resident(),
-            "default": self.models.default,
+            "device": self.own.device,
+            "provider": self.engine.provider(),
+            "host": HOST,
+            "voices": [self.qualified(v) for v in self.models.available()],
+            "resident": [self.qualified(v) for v in self.models.resident()],
+            "default": self.qualified(self.models.default),
             "load": streamer.load() if streamer else 0,
             "sessions": len(streamer.sessions) if streamer else 0,
             "first_frame_ms": self.first_frame_ms(),
