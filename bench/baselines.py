@@ -80,7 +80,7 @@ def asr_direct_figure(texts: list[str]) -> Figure:
         "asr_direct",
         "Whisper tiny.en int8 called directly on one utterance",
         "transcribe() of one whole utterance (voiced part + 30 ms pad), wall time",
-        target="ASR share of the voice-to-voice budget (~70 ms per DESIGN)",
+        target="ASR share of the voice-to-voice budget (~70 ms, docs/bench.md)",
     )
     short, full = [], []
     errs = {"short": [0, 0], "full": [0, 0]}

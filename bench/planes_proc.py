@@ -1,6 +1,6 @@
 """Bench-only stand-ins for the TTS -> transport path, in three plumbing variants.
 
-The regime is the one real systems live in (DESIGN section 6): the producer (a TTS) makes
+The regime is the one real systems live in (docs/bench.md): the producer (a TTS) makes
 audio ``speed`` times faster than real time, in chunks, and sends each frame as soon as it
 is made; the consumer (a transport) paces frames out at 20 ms against absolute deadlines
 and checks its control input before every frame. Only the plumbing differs:

@@ -42,7 +42,7 @@ class Figure:
     unit: str = "ms"
     plot: PlotKind = "distribution"
     rows: list[Row] = field(default_factory=list)
-    target: str = ""  # the DESIGN section 6 target, as text
+    target: str = ""  # the docs/bench.md target, as text
     notes: list[str] = field(default_factory=list)
     x_key: str = "sessions"  # scale plots: x axis parameter...
     group_key: str = "variant"  # ...and one line per value of this one
@@ -224,7 +224,7 @@ def summary_markdown(
         "",
         f"- date: {machine['date']}" + (f" ({mode} run)" if mode else ""),
         f"- machine: {machine_line(machine)}",
-        "- all times monotonic on this host; definitions in DESIGN.md section 6",
+        "- all times monotonic on this host; definitions in docs/bench.md",
         "",
         "| figure | series | n | median | p95 | p99 | max | unit | target | also |",
         "|---|---|---:|---:|---:|---:|---:|---|---|---|",

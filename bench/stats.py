@@ -1,6 +1,6 @@
 """Summary statistics and a description of the machine a figure was measured on.
 
-Every figure reports median, p95, p99, max and the trial count (DESIGN section 6), so the
+Every figure reports median, p95, p99, max and the trial count (docs/bench.md), so the
 reader can judge a p99 taken over 12 trials for what it is.
 """
 

@@ -51,12 +51,14 @@ class Readable:
         self.loop = asyncio.get_running_loop()
         self._fd = int(sock.getsockopt(zmq.FD))
         self._kicked = False
+        self._closed = False
         self.loop.add_reader(self._fd, self._on_ready)
         self.kick()
 
     def _on_ready(self) -> None:
         self._kicked = False
-        self._drain()
+        if not self._closed:  # a kick scheduled before close() may still come
+            self._drain()
 
     def kick(self) -> None:
         if not self._kicked:
@@ -64,6 +66,7 @@ class Readable:
             self.loop.call_soon(self._on_ready)
 
     def close(self) -> None:
+        self._closed = True
         self.loop.remove_reader(self._fd)
 
 

@@ -1,4 +1,4 @@
-// LiveKit transport (DESIGN §4): WebRTC media both ways, events as reliable data packets with
+// LiveKit transport (docs/client-protocol.md): WebRTC media both ways, events as reliable data packets with
 // topic `voxmesh`; the agent's audio is its `voxmesh` track.
 import { Room, RoomEvent, Track } from 'livekit-client';
 

@@ -1,5 +1,5 @@
 // voxmesh page: picks LiveKit (POST /session answers 200) or the direct WebSocket (404),
-// shows the events of DESIGN §4. URL options: ?transport=ws|livekit, ?autostart=1.
+// shows the events of docs/client-protocol.md. URL options: ?transport=ws|livekit, ?autostart=1.
 import { WsTransport } from './ws-client.js';
 
 /**

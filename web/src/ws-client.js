@@ -1,4 +1,4 @@
-// Direct WebSocket transport (DESIGN §4): hello, s16le mic at the context rate, 48 kHz frames
+// Direct WebSocket transport (docs/client-protocol.md): hello, s16le mic at the context rate, 48 kHz frames
 // played through the pcm-player worklet, `played` acks every ~100 ms.
 
 const MIC_CONSTRAINTS = {
