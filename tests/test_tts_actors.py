@@ -196,3 +196,16 @@ def test_two_fake_gpus_two_pinned_actors(tmp_path: Path, monkeypatch: pytest.Mon
             assert rows[name]["provider"] == "CPUExecutionProvider"
             environ = psutil.Process(pids[name]).environ()
             assert environ["CUDA_VISIBLE_DEVICES"] == device
+
+
+async def test_a_voice_outlives_a_router_restart(mesh: MeshProc) -> None:
+    """The transport re-announces the session with the voice the router confirmed, so a
+    restarted router speaks on in it (the voice lives in SESSION_OPEN, not only the router)."""
+    from test_faults import kill, wait_back
+
+    async with await WsClient.connect(mesh.ws_url) as c:
+        assert (await set_voice(c, "espeak:en-us"))["type"] == "voice"
+        old_pid, _ = await asyncio.to_thread(kill, mesh, "router")
+        await asyncio.to_thread(wait_back, mesh, "router", old_pid)
+        again = await say(c, TEXT)
+        assert not spoke_mock(again, TEXT) and loud(again)
