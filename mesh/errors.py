@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from voxmesh.mesh import events
+
 
 class ErrorCode(enum.StrEnum):
     """A client-visible error code. ``retryable`` codes mean: nothing was lost, try again."""
@@ -89,8 +91,8 @@ class ErrorCode(enum.StrEnum):
 
 
 def error_event(code: ErrorCode, message: str) -> dict[str, Any]:
-    """The client event for ``code``."""
-    return {"type": "error", "code": code.value, "message": message}
+    """The client event for ``code`` (an ``events.Error``, as sent)."""
+    return events.Error(code=code.value, message=message).as_dict()
 
 
 def markdown_table() -> str:

@@ -280,7 +280,7 @@ class ClientVoice(Message):
 
 @message(0x14)
 class ClientEvent(Message):
-    """Router -> transport: one JSON event (docs/client-protocol.md) to forward to the client."""
+    """Router -> transport: one JSON event (``mesh/events.py``) to forward to the client."""
 
     session: str
     event: dict[str, Any]

@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from voxmesh.mesh import events
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.clock import LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
@@ -256,7 +257,7 @@ class RouterActor(Actor):
             self.event(s, error_event(ErrorCode.UNKNOWN_VOICE, msg))
             return
         s.voice = voice  # from the next utterance: one utterance, one voice, one actor
-        self.event(s, {"type": "voice", "voice": voice})
+        self.event(s, events.Voice(voice=voice).as_dict())
 
     # --- peers -----------------------------------------------------------------------------
 
@@ -403,7 +404,7 @@ class RouterActor(Actor):
         for peer in list(self.hub.peers.values()):
             if peer.kind in SESSION_PEERS:
                 self._send(peer.name, msg)
-        self.event(session, {"type": "state", "state": session.state.value})
+        self.event(session, events.State(state=session.state.value).as_dict())
         turnlog.session_opened(session.id, session.client, session.slot)
         for _, early in self._early.pop(msg.session, []):
             self.counters.bump("early_served")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from voxmesh.mesh import metrics
+from voxmesh.mesh import events, metrics
 from voxmesh.mesh.clock import Clock, LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
 from voxmesh.mesh.protocol import (
@@ -133,7 +133,7 @@ class TurnEngine:
     def _set_state(self, s: Session, state: State) -> None:
         if s.state != state:
             s.state = state
-            self.out.event(s, {"type": "state", "state": state.value})
+            self.out.event(s, events.State(state=state.value).as_dict())
 
     @staticmethod
     def _record(s: Session) -> TurnRecord | None:
@@ -199,7 +199,7 @@ class TurnEngine:
 
     def _speech_start(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = True
-        self.out.event(s, {"type": "vad", "event": "speech_start", "sample": ev.sample})
+        self.out.event(s, events.Vad(event="speech_start", sample=ev.sample).as_dict())
         if s.state == State.SPEAKING:
             self._pause_output(s)
             turnlog.barge_in(self._record(s), "pause")
@@ -240,7 +240,7 @@ class TurnEngine:
 
     def _speech_end(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = False
-        self.out.event(s, {"type": "vad", "event": "speech_end", "sample": ev.sample})
+        self.out.event(s, events.Vad(event="speech_end", sample=ev.sample).as_dict())
         if s.state == State.PAUSED:
             # A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
             # heard the burst: a short word and a pause ("Stop, wait...") is an interruption.
@@ -297,7 +297,7 @@ class TurnEngine:
             if s.state not in (State.USER_SPEAKING, State.PAUSED):
                 return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
-                self.out.event(s, {"type": "transcript", "text": tr.text, "final": False})
+                self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
             if s.state == State.PAUSED and has_words(tr.text):
                 self._interrupt(s)  # ASR hears words: not a cough
             elif s.state == State.PAUSED and s.burst_end is not None:
@@ -319,7 +319,7 @@ class TurnEngine:
                 self._stop_output(s)
             self._set_state(s, State.LISTENING)
             return
-        self.out.event(s, {"type": "transcript", "text": text, "final": True})
+        self.out.event(s, events.Transcript(text=text, final=True).as_dict())
         if s.reply is None:
             assert s.turn_end is not None  # both callers have set it
             self._start_reply(s, text, held=False, turn=self._voice_turn(s, text, s.turn_end))
@@ -327,7 +327,7 @@ class TurnEngine:
             s.reply.released = True
             if s.reply.turn is not None:
                 s.reply.turn.release(self.clock.now())
-            self.out.event(s, {"type": "reply", "text": s.reply.text})
+            self.out.event(s, events.Reply(text=s.reply.text).as_dict())
             self.out.to_transport(Release(session=s.id, epoch=s.epoch))
         s.history.append({"role": "user", "content": text})
 
@@ -368,7 +368,7 @@ class TurnEngine:
             self.interrupt_now(s, next_state=State.THINKING)
         if as_user:
             self._new_turn(s, self.out.mic_head(s))
-            self.out.event(s, {"type": "transcript", "text": text, "final": True})
+            self.out.event(s, events.Transcript(text=text, final=True).as_dict())
             turn = TurnRecord(s.id, "text", text, started=self.clock.now())
             self._start_reply(s, text, held=False, turn=turn)
             s.history.append({"role": "user", "content": text})
@@ -450,7 +450,7 @@ class TurnEngine:
                 await send(chunk, last=i == len(pending) - 1)
             reply.complete = True
             if reply.released:
-                self.out.event(s, {"type": "reply", "text": reply.text})
+                self.out.event(s, events.Reply(text=reply.text).as_dict())
         except asyncio.CancelledError:
             raise
         except TtsUnavailable as exc:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from voxmesh.mesh import metrics
+from voxmesh.mesh import events, metrics
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
-from voxmesh.mesh.ring import RingSegment
+from voxmesh.mesh.ring import FRAME_MS, OUT_RATE, RingSegment
 from voxmesh.mesh.settings import LiveKitSettings, ServerSettings
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
@@ -146,9 +146,8 @@ class TransportActor(Actor):
         self.sessions[session_id] = session
         self.stats.sessions_opened += 1
         if greet:
-            session.send_event(
-                {"type": "ready", "session_id": session_id, "sample_rate": 48000, "frame_ms": 20}
-            )
+            ready = events.Ready(session_id=session_id, sample_rate=OUT_RATE, frame_ms=FRAME_MS)
+            session.send_event(ready.as_dict())
         session.start()
         return session
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from livekit import api, rtc
 
+from voxmesh.mesh import events
+
 from .errors import ErrorCode, error_event
 from .links import SessionHandle, SessionOpener
 
@@ -206,7 +208,7 @@ class _AgentLink:
             return
         self._clears += 1
         a.source.clear_queue()
-        await self.send_event({"type": "clear"})
+        await self.send_event(events.Clear().as_dict())
 
 
 class _Agent:

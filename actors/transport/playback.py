@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from voxmesh.mesh import events
 from voxmesh.mesh.protocol import Message, PlaybackEnded, PlaybackStarted
 from voxmesh.mesh.ring import (
     FLAG_FIRST,
@@ -319,7 +320,7 @@ class Playback:
         u = self.utt
         assert u is not None
         heard = u.sent_max if reason == "done" else self.heard()
-        self.sink.client_event({"type": "audio_end", "utterance_id": u.id, "reason": reason})
+        self.sink.client_event(events.AudioEnd(utterance_id=u.id, reason=reason).as_dict())
         self.sink.router(
             PlaybackEnded(
                 session=self.session,
@@ -357,7 +358,7 @@ class Playback:
         if not u.started:
             u.started = True
             self._anchor_t = None  # every utterance starts its own clock (else a burst)
-            self.sink.client_event({"type": "audio_start", "utterance_id": u.id})
+            self.sink.client_event(events.AudioStart(utterance_id=u.id).as_dict())
             self.sink.router(
                 PlaybackStarted(session=self.session, epoch=u.epoch, utterance=u.id, t=now)
             )

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from voxmesh.mesh import events
+
 from .errors import ClientError, ErrorCode, error_event, valid_text
 from .metrics import TransportStats
 from .mic import MAX_RATE, MIN_RATE
@@ -100,7 +102,9 @@ class WsLink:
         await self.clear_with({})
 
     async def clear_with(self, detail: dict[str, Any]) -> None:
-        await self.send_event({"type": "clear", **detail})
+        t_issued, t_last_frame = detail.get("t_issued"), detail.get("t_last_frame")
+        clear = events.Clear(t_issued=t_issued, t_last_frame=t_last_frame)
+        await self.send_event(clear.as_dict())
 
     async def drop(self, event: dict[str, Any], code: int, reason: str) -> None:
         """Cut off a client that does not read: ``event`` and a close frame are queued
