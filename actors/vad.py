@@ -1,11 +1,19 @@
-"""The VAD actor: Silero over every session's mic ring, speech events to the router."""
+"""The VAD actor: Silero over every session's mic ring, speech events to the router.
+
+It also owns the end of a turn: with ``vad.turn_model = "smart-turn"`` each pause is judged
+by Smart Turn (speech/smart_turn.py) on a worker thread, and the segmenter ends the turn
+after a short silence when it hears a finished turn, or waits longer when it does not.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import zmq
 
 from voxmesh.mesh.actor import Actor
@@ -14,7 +22,8 @@ from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, MIC_VAD, RingSegment
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
-from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad
+from voxmesh.speech.smart_turn import SmartTurn
+from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad, TurnCheck
 
 from .micreader import Idle, MicSession, check_slot
 
@@ -37,11 +46,22 @@ class VadActor(Actor):
         self.sessions: dict[str, tuple[MicSession, StreamingVad]] = {}
         self.idle = Idle()
         self.vad: SileroVad | None = None
+        self.turn: SmartTurn | None = None
+        # One thread for every session's checks: the model takes a core for ~60-150 ms on
+        # this 2-core box, and a second one at once would only slow both.
+        self.pool: ThreadPoolExecutor | None = None
+        self.turn_checks = 0
+        self.turn_s = 0.0
         self.segment: RingSegment | None = None
 
     async def prepare(self) -> None:
         log.info("%s: loading Silero VAD", self.name)
         self.vad = SileroVad(self.model_path)
+        if self.settings.turn_model == "smart-turn":
+            self.turn = SmartTurn(self.settings.turn_model_path or None)
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="smart-turn")
+            # The first run of an ONNX session is slow (allocations): not in a user's turn.
+            self.turn.probability(np.zeros(16000, np.int16))
 
     async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.segment_name)
@@ -50,12 +70,20 @@ class VadActor(Actor):
 
     async def on_stop(self) -> None:
         self.sessions.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
         if self.segment is not None:
             self.segment.close()
 
     def info(self) -> dict[str, Any]:
         lost = sum(mic.reader.lost for mic, _ in self.sessions.values())
-        return {"sessions": len(self.sessions), "lost_frames": lost}
+        mean_ms = 1000 * self.turn_s / self.turn_checks if self.turn_checks else 0.0
+        return {
+            "sessions": len(self.sessions),
+            "lost_frames": lost,
+            "turn_checks": self.turn_checks,
+            "turn_check_ms": round(mean_ms, 1),
+        }
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, SessionOpen):
@@ -70,7 +98,8 @@ class VadActor(Actor):
                 self.segment, msg.session, msg.slot, msg.generation, from_start=not msg.resume
             )
             if not mic.stale:
-                stream = StreamingVad(self.vad, segmenter(self.settings))
+                seg = segmenter(self.settings, turn_model=self.turn is not None)
+                stream = StreamingVad(self.vad, seg)
                 self.sessions[msg.session] = (mic, stream)
                 self.idle.opened()
         elif isinstance(msg, SessionClose):
@@ -86,13 +115,37 @@ class VadActor(Actor):
                     del self.sessions[sid]
                     continue
                 for start, pcm in mic.frames():
-                    for ev in stream.push(pcm, start):
-                        self.send(
-                            VadEvent(
-                                session=sid, kind=ev.kind, sample=ev.sample, t=time.monotonic()
-                            )
-                        )
+                    self._send(sid, stream.push(pcm, start))
+                due = stream.turn_check()
+                if due is not None:
+                    self.spawn(self._check(sid, stream, *due))
             await self.idle.until_frames(MIC_VAD, self._frames_wanted())
+
+    def _send(self, sid: str, events: list[Any]) -> None:
+        for ev in events:
+            self.send(VadEvent(session=sid, kind=ev.kind, sample=ev.sample, t=time.monotonic()))
+
+    async def _check(
+        self, sid: str, stream: StreamingVad, check: TurnCheck, audio: np.ndarray
+    ) -> None:
+        """Smart Turn on the worker thread; its verdict may end the turn at once."""
+        assert self.turn is not None and self.pool is not None
+        began = time.perf_counter()
+        complete: bool | None = None
+        try:
+            p = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.turn.probability, audio
+            )
+            complete = p > 0.5  # the model's own threshold (pipecat's local_smart_turn_v3.py)
+            self.turn_checks += 1
+            self.turn_s += time.perf_counter() - began
+            log.debug("%s: %s turn check at %d: p=%.3f", self.name, sid, check.end, p)
+        except Exception:
+            self.counters.bump("turn_model_failed")  # the max silence ends the turn instead
+            log.exception("%s: turn model failed", self.name)
+        known = self.sessions.get(sid)
+        if known is not None and known[1] is stream:
+            self._send(sid, stream.verdict(check.token, complete))
 
     def _frames_wanted(self) -> list[tuple[MicSession, int]]:
         """Per session, the frames that complete its next model chunk: no event comes sooner."""
@@ -102,13 +155,18 @@ class VadActor(Actor):
         ]
 
 
-def segmenter(settings: VadSettings) -> SpeechSegmenter:
-    """The turn decisions ``[vad]`` asks for (the bench's baselines use it too)."""
+def segmenter(settings: VadSettings, *, turn_model: bool = False) -> SpeechSegmenter:
+    """The turn decisions ``[vad]`` asks for (the bench's baselines use it too); with
+    ``turn_model`` the caller runs the checks it asks for (VadActor._check)."""
     return SpeechSegmenter(
         threshold=settings.threshold,
         min_speech_ms=settings.min_speech_ms,
         min_silence_ms=settings.min_silence_ms,
         speech_pad_ms=settings.speech_pad_ms,
+        pre_roll_ms=settings.pre_roll_ms,
+        turn_model=turn_model,
+        complete_silence_ms=settings.complete_silence_ms,
+        max_silence_ms=settings.max_silence_ms,
     )
 
 

@@ -21,6 +21,7 @@ SCENARIO_MODULES = (
     "planes",
     "mesh_scenarios",
     "voice_scenarios",
+    "turns",
     "tts_actors",
     "faults",
     "soak",

@@ -119,7 +119,7 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class VadSettings:
-    """[vad]: Silero voice activity detection on each session's mic ring."""
+    """[vad]: Silero voice activity detection and the end of turn, on each session's mic ring."""
 
     model: str = setting("", "path to a Silero ONNX model; empty: the one faster-whisper ships")
     threshold: float = setting(0.5, "speech probability that starts speech", low=0, high=1)
@@ -127,9 +127,28 @@ class VadSettings:
         64, "speech this long starts a turn (or pauses the bot: cheap to undo)", low=0
     )
     min_silence_ms: int = setting(
-        250, "silence this long ends the turn (the reply is pre-made meanwhile)", low=0
+        250,
+        'turn_model "off": silence this long ends the turn (the reply is pre-made meanwhile)',
+        low=0,
     )
     speech_pad_ms: int = setting(30, "audio kept either side of detected speech", low=0)
+    pre_roll_ms: int = setting(
+        200, "audio before the onset that ASR hears: Silero fires up to ~110 ms late", low=0
+    )
+    turn_model: Literal["smart-turn", "off"] = setting(
+        "smart-turn",
+        "smart-turn: Smart Turn v3.2 judges each pause (complete: end soon, else wait); "
+        "off: min_silence_ms",
+    )
+    turn_model_path: str = setting(
+        "", "Smart Turn ONNX file; empty: the one `make install` fetched (speech/models/)"
+    )
+    complete_silence_ms: int = setting(
+        100, "silence that ends a turn the turn model calls complete", low=0
+    )
+    max_silence_ms: int = setting(
+        1000, "silence that ends a turn the turn model calls incomplete (or has not judged)", low=0
+    )
 
 
 @dataclass(frozen=True)

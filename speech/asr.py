@@ -25,6 +25,14 @@ SAMPLE_RATE = 16000
 FRAMES_PER_S = 100  # mel frames (hop 160 samples)
 MAX_FRAMES = 3000  # Whisper's 30 s window
 MIN_AUDIO_S = 0.1  # shorter than this cannot hold a word; skip the model
+# A window starts ANCHOR_LEAD_S before the first sample louder than ANCHOR_REL x its peak and
+# ends ANCHOR_TAIL_S after the last: at the audio's own edges, not at the VAD's 32 ms chunk
+# grid, which moves with when the audio arrived. Measured on 32 Piper and espeak clips, each
+# at 4 alignments to that grid: 17 gave more than one transcript on the grid, 3 anchored, and
+# the WER went from 11.9 to 10.0 % ("Sure." was "Church.", "TUR" or "Sure." by alignment).
+ANCHOR_LEAD_S = 0.2
+ANCHOR_TAIL_S = 0.1
+ANCHOR_REL = 0.02
 
 
 @dataclass(slots=True)
@@ -89,7 +97,7 @@ class WhisperAsr:
 
     def transcribe(self, audio: np.ndarray, *, full_window: bool | None = None) -> str:
         """Text of 16 kHz mono audio (float32 in [-1, 1], or int16). "" when there is none."""
-        x = _to_float(audio)
+        x = anchored(_to_float(audio))
         if x.size < MIN_AUDIO_S * SAMPLE_RATE:
             self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE)
             return ""
@@ -186,6 +194,19 @@ def trim_repetition(text: str) -> str:
             if all(t == unit[i % p] for i, t in enumerate(tail)):
                 return " ".join(words[:k])
     return text
+
+
+def anchored(x: np.ndarray) -> np.ndarray:
+    """``x`` cut to its voiced part plus a margin (ANCHOR_*): the same audio gives the same
+    window wherever the request's bounds fell in the silence around it."""
+    mag = np.abs(x)
+    peak = float(mag.max()) if mag.size else 0.0
+    if peak <= 0.0:
+        return x
+    loud = np.flatnonzero(mag >= ANCHOR_REL * peak)
+    lo = max(0, int(loud[0]) - int(ANCHOR_LEAD_S * SAMPLE_RATE))
+    hi = min(x.size, int(loud[-1]) + 1 + int(ANCHOR_TAIL_S * SAMPLE_RATE))
+    return x[lo:hi]
 
 
 def _to_float(audio: np.ndarray) -> np.ndarray:

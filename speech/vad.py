@@ -27,6 +27,16 @@ SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model call (32 ms)
 CONTEXT = 64  # samples of the previous chunk the model sees before each chunk
 
+# When the turn model (speech/smart_turn.py) judges a pause, in ms of silence: at its first
+# silent chunk only; a pause after more speech is judged anew. A re-check as the silence grows
+# hears the silence itself as an ending: at 200 ms it ended 4 of 4 espeak and 1 of 3 Piper
+# sentences paused mid-way (0 of 7 without), and at 400-500 ms, even with a bar of 0.9, it
+# rescued none of the complete ones first called incomplete (bench/turns.py's clips).
+TURN_CHECKS_MS: tuple[int, ...] = (0,)
+# Audio the turn model hears before the onset, as pipecat gives it (base_smart_turn.py).
+TURN_PRE_SPEECH = SAMPLE_RATE * 500 // 1000
+TURN_HISTORY = 8 * SAMPLE_RATE + TURN_PRE_SPEECH  # its 8 s window, with that pre-roll
+
 EventKind = Literal["speech_start", "speech_pause", "speech_resume", "speech_end"]
 
 
@@ -82,13 +92,27 @@ class VadStream:
         return float(np.asarray(prob).reshape(-1)[0])
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCheck:
+    """Ask the turn model about samples [start, end); answer with `SpeechSegmenter.verdict`."""
+
+    token: int
+    start: int
+    end: int
+
+
 class SpeechSegmenter:
     """Turns per-chunk probabilities into speech start/pause/resume/end events. Pure logic.
 
     Hysteresis: speech starts at prob >= threshold and only counts as stopped below
     neg_threshold. The first silent chunk after confirmed speech emits `speech_pause` at once
-    (so ASR can start speculatively); speech within min_silence_ms emits `speech_resume`,
-    otherwise `speech_end` follows with the same sample as the pause.
+    (so ASR can start speculatively); speech within the end-of-turn silence emits
+    `speech_resume`, otherwise `speech_end` follows with the same sample as the pause.
+
+    The end-of-turn silence is min_silence_ms, or with ``turn_model`` it depends on the
+    turn model's verdict: complete_silence_ms once it calls the turn complete, else
+    max_silence_ms. ``check_due`` says when to ask it (TURN_CHECKS_MS), ``verdict`` takes
+    its answer, which may end the turn at once; no I/O here, the caller runs the model.
     """
 
     def __init__(
@@ -99,6 +123,10 @@ class SpeechSegmenter:
         min_speech_ms: int = VadSettings.min_speech_ms,
         min_silence_ms: int = VadSettings.min_silence_ms,
         speech_pad_ms: int = VadSettings.speech_pad_ms,
+        pre_roll_ms: int = 0,
+        turn_model: bool = False,
+        complete_silence_ms: int = VadSettings.complete_silence_ms,
+        max_silence_ms: int = VadSettings.max_silence_ms,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.threshold = threshold
@@ -110,6 +138,17 @@ class SpeechSegmenter:
         self.min_speech = sample_rate * min_speech_ms // 1000
         self.min_silence = sample_rate * min_silence_ms // 1000
         self.pad = sample_rate * speech_pad_ms // 1000
+        # A turn starts this far before the onset, so ASR hears a soft first word ("Sure."
+        # lost its "Sh": Silero fired 12-108 ms late on 24 Piper/espeak clips; the first word
+        # was right in 14 of 24 with 30 ms before the onset, 19 with 200 ms).
+        self.pre_roll = max(self.pad, sample_rate * pre_roll_ms // 1000)
+        self.turn_model = turn_model
+        self.complete_silence = sample_rate * complete_silence_ms // 1000
+        self.max_silence = sample_rate * max_silence_ms // 1000
+        self.checks = [sample_rate * ms // 1000 for ms in TURN_CHECKS_MS]
+        self.pre_speech = sample_rate * TURN_PRE_SPEECH // SAMPLE_RATE
+        self._token = 0  # one per pause: a verdict on an earlier pause is not this one's
+        self._inflight: int | None = None  # the check being run (one at a time)
         self.reset()
 
     def reset(self) -> None:
@@ -118,6 +157,9 @@ class SpeechSegmenter:
         self._silence_start = 0
         self._end = 0  # padded end reported by the pause
         self._floor = 0  # segments never reach back before the previous one's end
+        self._seen = 0  # end of the last chunk fed
+        self.complete: bool | None = None  # the turn model's verdict on this pause
+        self._checked = 0  # how many of self.checks this pause has had
 
     @property
     def in_speech(self) -> bool:
@@ -127,6 +169,7 @@ class SpeechSegmenter:
     def feed(self, prob: float, start: int, n: int = CHUNK) -> list[VadEvent]:
         """One chunk's probability; `start` is its first sample, `n` its length."""
         end = start + n
+        self._seen = end
         events: list[VadEvent] = []
         if self.state == "silence":
             if prob >= self.threshold:
@@ -144,13 +187,43 @@ class SpeechSegmenter:
                 # Clamp the pad to audio already seen, so the pause's segment is complete now.
                 self._end = min(start + self.pad, end)
                 self.state = "paused"
+                self._token += 1
+                self.complete, self._checked = None, 0
                 events.append(VadEvent("speech_pause", self._end))
         elif prob >= self.threshold:  # paused, and speech came back
             self.state = "speech"
             events.append(VadEvent("speech_resume", start))
-        elif end - self._silence_start >= self.min_silence:
+        elif end - self._silence_start >= self._silence_needed():
             events.append(self._finish())
         return events
+
+    def _silence_needed(self) -> int:
+        if not self.turn_model:
+            return self.min_silence
+        return self.complete_silence if self.complete else self.max_silence
+
+    def check_due(self) -> TurnCheck | None:
+        """A turn-model check to run now (at most one at a time), or None."""
+        if not self.turn_model or self.state != "paused" or self._inflight is not None:
+            return None
+        silence = self._seen - self._silence_start
+        if self._checked >= len(self.checks) or silence < self.checks[self._checked]:
+            return None
+        self._checked = sum(1 for at in self.checks if at <= silence)
+        self._inflight = self._token
+        start = max(self._start - self.pre_speech, self._floor, self._seen - TURN_HISTORY)
+        return TurnCheck(self._token, start, self._seen)
+
+    def verdict(self, token: int, complete: bool | None) -> list[VadEvent]:
+        """The turn model's answer to check ``token`` (None: it failed); may end the turn."""
+        if token == self._inflight:
+            self._inflight = None
+        if token != self._token or self.state != "paused" or complete is None:
+            return []  # speech came back, or the turn ended (max silence) meanwhile
+        self.complete = complete
+        if self._seen - self._silence_start >= self._silence_needed():
+            return [self._finish()]
+        return []
 
     def flush(self, end_sample: int) -> list[VadEvent]:
         """Close an open segment at the end of the stream (audio ended mid-speech)."""
@@ -165,7 +238,7 @@ class SpeechSegmenter:
     def _confirm(self, end: int, events: list[VadEvent]) -> None:
         if end - self._start >= self.min_speech:
             self.state = "speech"
-            events.append(VadEvent("speech_start", max(self._start - self.pad, self._floor)))
+            events.append(VadEvent("speech_start", max(self._start - self.pre_roll, self._floor)))
 
     def _finish(self) -> VadEvent:
         self.state = "silence"
@@ -188,6 +261,8 @@ class StreamingVad:
         self._next: int | None = None  # absolute index of the next expected sample
         self.last_probability = 0.0
         self.chunks = 0
+        # The audio the turn model hears (only kept when the segmenter asks it).
+        self._history = np.zeros(TURN_HISTORY if self.segmenter.turn_model else 0, np.int16)
 
     @property
     def wanted(self) -> int:
@@ -208,6 +283,7 @@ class StreamingVad:
                 self._fill = 0
                 self.stream.reset()
         samples = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32)
+        self._remember(x, start_sample)
         pos = 0
         while pos < samples.size:
             take = min(CHUNK - self._fill, samples.size - pos)
@@ -226,6 +302,28 @@ class StreamingVad:
     def flush(self) -> list[VadEvent]:
         """End of stream: close any open segment at the last sample pushed."""
         return self.segmenter.flush(self._next or 0)
+
+    def _remember(self, pcm: np.ndarray, start: int) -> None:
+        size = self._history.size
+        if size == 0 or pcm.size == 0:
+            return
+        tail = pcm[-size:]
+        if tail.dtype != np.int16:
+            tail = np.rint(np.clip(tail, -1.0, 1.0) * 32767.0).astype(np.int16)
+        first = start + pcm.size - tail.size
+        self._history[np.arange(first, first + tail.size) % size] = tail
+
+    def turn_check(self) -> tuple[TurnCheck, np.ndarray] | None:
+        """A due turn-model check and its int16 audio (a copy, safe to hand to a thread)."""
+        check = self.segmenter.check_due()
+        if check is None:
+            return None
+        size = self._history.size
+        start = max(check.start, check.end - size)
+        return check, self._history[np.arange(start, check.end) % size]
+
+    def verdict(self, token: int, complete: bool | None) -> list[VadEvent]:
+        return self.segmenter.verdict(token, complete)
 
     def reset(self) -> None:
         self.stream.reset()

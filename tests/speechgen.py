@@ -94,3 +94,21 @@ def pad_silence(
     start = int(before_s * rate)
     out[start : start + pcm.size] += pcm
     return np.clip(out, -32768, 32767).astype(np.int16)
+
+
+@functools.cache
+def _steady_cached(text: str, rate: int) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    voice = _piper()
+    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, steady)])
+    audio = soxr.resample(audio, voice.config.sample_rate, rate)
+    pcm: np.ndarray = np.rint(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+    pcm.setflags(write=False)
+    return pcm
+
+
+def steady_piper(text: str, rate: int = RATE) -> np.ndarray:
+    """The joe voice saying ``text`` without Piper's sampling noise: the same in every run."""
+    return _steady_cached(text, rate)

@@ -70,7 +70,7 @@ async def test_turns_show_in_metrics_and_in_the_log(mesh: MeshProc) -> None:
     assert sample(text, "voxmesh_turns_total", source="text", outcome="done") == 1
     server_v2v = sample(text, "voxmesh_voice_to_voice_seconds_sum", source="voice")
     assert server_v2v is not None
-    # The server's figure includes the VAD's end-of-turn wait (vad.min_silence_ms, 250 ms)
+    # The server's figure includes the VAD's end-of-turn wait (Smart Turn's, speech/vad.py)
     # and not the socket's delivery: close to what the client saw, never much more.
     assert 0.1 <= server_v2v <= client_v2v + 0.2, (server_v2v, client_v2v)
     assert sample(text, "voxmesh_voice_to_voice_seconds_count", source="text") == 1

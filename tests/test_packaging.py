@@ -108,6 +108,12 @@ def test_the_data_files_are_in_the_wheel(wheel_names: set[str]) -> None:
     assert expected <= wheel_names, sorted(expected - wheel_names)
 
 
+def test_the_turn_model_and_its_licence_are_in_the_wheel(wheel_names: set[str]) -> None:
+    # Fetched by `make install` (scripts/fetch-smart-turn.py), not committed (.gitignore).
+    models = "voxmesh/speech/models/"
+    assert {models + "smart-turn-v3.2-cpu.onnx", models + "SMART-TURN-LICENSE"} <= wheel_names
+
+
 def test_nothing_else_is_in_the_wheel(wheel_names: set[str]) -> None:
     top = {name.split("/")[0] for name in wheel_names}
     assert {n for n in top if not n.endswith(".dist-info")} == {"voxmesh"}, top

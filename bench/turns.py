@@ -1,0 +1,182 @@
+"""End of turn: Smart Turn (``vad.turn_model = "smart-turn"``) against the fixed silence
+(``"off"``), on the same speech in the same run, through a Piper mesh with the echo responder.
+
+The user is espeak-ng in voices the tests do not use (they speak Piper's joe and espeak's
+default "en"), in three sets: complete sentences, sentences with a 300-700 ms pause in the
+middle ("I would like to go to, um, the station"), and short answers ("Yes.", "No thanks.").
+Per clip: voice-to-voice (the packet holding the last voiced sample leaves -> the first
+reply frame), a premature reply (a reply frame before that packet left: the bot spoke while
+the user was still talking), a split turn (more than one final transcript for one clip),
+and the word error rate of the final transcripts, beside offline tiny.en on the same clip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import shutil
+import subprocess
+import wave
+
+import numpy as np
+
+from voxmesh.actors.router.turns import FILLERS
+from voxmesh.client import MicStream, event_is, ws_session
+from voxmesh.speech.wer import normalize_text, word_errors
+
+from . import speech
+from .mesh import Mesh, pool
+from .registry import BenchContext, Outcome, Skip, scenario
+from .report import Figure, Row
+
+RATE = speech.MIC_RATE
+VOICES = ("en-us", "en-gb-x-rp", "en-029")
+COMPLETE = (
+    "What is the weather like in Paris today?",
+    "Please book a table for two at seven.",
+    "Can you remind me to call my mother tomorrow?",
+    "Turn off the lights in the kitchen, please.",
+)
+# (before the pause, after it, pause in ms)
+PAUSED = (
+    ("I would like to go to", "um, the station.", 500),
+    ("Can you tell me the", "way to the museum?", 300),
+    ("So I was thinking that maybe we could", "go out for dinner.", 700),
+    ("My favourite colour is", "probably green.", 400),
+)
+SHORT = ("Yes.", "No thanks.", "Sure.", "Okay.")
+MODES = ("smart-turn", "off")
+
+
+@functools.cache
+def _espeak(text: str, voice: str) -> np.ndarray:
+    import soxr
+
+    wav = subprocess.run(
+        ["espeak-ng", "-m", "-v", voice, "--stdout"],  # -m: SSML, for the <break> of a pause
+        input=f"<speak>{text}</speak>".encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    with wave.open(io.BytesIO(wav)) as w:  # streamed WAV: sizes are placeholders
+        rate = w.getframerate()
+    at = wav.find(b"data") + 8
+    pcm = np.frombuffer(wav[at : at + (len(wav) - at) // 2 * 2], "<i2")
+    out = soxr.resample(pcm.astype(np.float32) / 32768.0, rate, RATE)
+    last = speech.voiced_bounds(out)[1]  # the start kept whole: a soft onset is speech too
+    res: np.ndarray = np.rint(np.clip(out[:last], -1.0, 1.0) * 32767.0).astype(np.int16)
+    return res
+
+
+def clips(quick: bool) -> list[tuple[str, str, np.ndarray]]:
+    """(set, reference text, audio up to its last voiced sample)."""
+    out = []
+    for text in COMPLETE[:2] if quick else COMPLETE:
+        for voice in VOICES[:1] if quick else VOICES:
+            out.append(("complete", text, _espeak(text, voice)))
+    for k, (a, b, pause_ms) in enumerate(PAUSED[:2] if quick else PAUSED):
+        voice = VOICES[k % len(VOICES)]
+        # One synthesis with the pause inside: two would each end in a sentence's final fall.
+        said = _espeak(f'{a} <break time="{pause_ms}ms"/> {b}', voice)
+        out.append(("paused", f"{a} {b}", said))
+    for k, text in enumerate(SHORT[:2] if quick else SHORT):
+        out.append(("short", text, _espeak(text, VOICES[k % len(VOICES)])))
+    return out
+
+
+def _words(text: str) -> str:
+    return " ".join(w for w in normalize_text(text) if w not in FILLERS)
+
+
+async def _run(mesh: Mesh, items: list[tuple[str, str, np.ndarray]]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    async with ws_session(mesh.ws_url) as c, MicStream(c, RATE) as mic:
+        await asyncio.sleep(0.5)
+        for kind, text, audio in items:
+            mic.queue_silence(0.3)
+            since, first = c.mark(), len(c.frames)
+            end = mic.queue(audio)
+            mic.queue_silence(1.5)  # more than vad.max_silence_ms: the turn surely ends
+            await mic.wait_sent(end)
+            t_last = mic.sent_time(end - 1)
+            assert t_last is not None
+            with contextlib.suppress(TimeoutError):
+                await c.wait_frame(first, 15.0)
+            await asyncio.sleep(1.2)  # a second turn (a split) would be heard by now
+            frames = c.frame_times(first)
+            finals = [
+                str(e.data["text"]) for e in c.received("transcript", since) if e.data.get("final")
+            ]
+            out.append(
+                {
+                    "set": kind,
+                    "text": text,
+                    "v2v": (frames[0] - t_last) * 1e3 if frames else None,
+                    "premature": bool(frames) and frames[0] < t_last,
+                    "split": len(finals) > 1,
+                    "heard": " ".join(finals),
+                }
+            )
+            await c.interrupt()
+            await c.wait_quiet(0.3, 10.0)
+            with contextlib.suppress(TimeoutError):
+                await c.next_event(event_is("state", state="listening"), 5.0, since=since)
+    return out
+
+
+@scenario("turns", "end of turn: Smart Turn vs fixed silence, same speech (Piper, echo)", order=55)
+def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
+    if shutil.which("espeak-ng") is None:
+        raise Skip("espeak-ng is not installed (the user's voices)")
+    items = clips(ctx.quick)
+    asr = speech.whisper()
+    offline = {text: asr.transcribe(audio) for _, text, audio in items}  # the same window code
+    results = {}
+    cost = "not measured"
+    for mode in MODES:
+        mesh = pool(ctx).get("piper", env={"VOXMESH_VAD_TURN_MODEL": mode})
+        results[mode] = asyncio.run(_run(mesh, items))
+        if mode == "smart-turn":
+            info = mesh.actor_info().get("vad", {})
+            cost = f"{info.get('turn_check_ms', 0):.0f} ms mean over {info.get('turn_checks', 0)}"
+    fig = out.add(
+        Figure(
+            "turns",
+            "End of turn: Smart Turn v3.2 vs fixed silence (espeak users, Piper, echo)",
+            "client mic: the packet holding the last voiced sample leaves -> first reply frame; "
+            "premature: a reply frame before that packet left; split: > 1 final transcript "
+            "for one clip",
+            target="complete: median <= 250 ms, p95 <= 400 ms; paused: 0 split, 0 premature; "
+            "WER <= offline + 0.5 points",
+        )
+    )
+    for mode, res in results.items():
+        for kind in ("complete", "paused", "short"):
+            rows = [r for r in res if r["set"] == kind]
+            v2v = [float(r["v2v"]) for r in rows if r["v2v"] is not None and not r["premature"]]
+            edits = refs = 0
+            for r in rows:
+                e, n = word_errors(_words(str(r["text"])), _words(str(r["heard"])))
+                edits, refs = edits + e, refs + n
+            fig.add(
+                Row(
+                    f"{mode}: {kind}",
+                    v2v,
+                    {"variant": mode, "set": kind},
+                    {
+                        "clips": len(rows),
+                        "premature": sum(bool(r["premature"]) for r in rows),
+                        "split": sum(bool(r["split"]) for r in rows),
+                        "no_reply": sum(r["v2v"] is None for r in rows),
+                        "wer_pct": round(100 * edits / max(refs, 1), 1),
+                    },
+                )
+            )
+    edits = refs = 0
+    for _, text, _audio in items:
+        e, n = word_errors(_words(text), _words(offline[text]))
+        edits, refs = edits + e, refs + n
+    fig.notes.append(f"offline tiny.en on the same clips: WER {100 * edits / max(refs, 1):.1f} %")
+    fig.notes.append(f"Smart Turn cost per check, in the VAD actor: {cost}")

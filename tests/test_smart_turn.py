@@ -1,0 +1,237 @@
+"""Smart Turn v3.2: the fetched file and its licence, its features, its verdicts, and the
+segmenter's adaptive end of turn (pure logic, verdicts made up)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from speechgen import piper_wav, speech_bounds, steady_piper
+
+from voxmesh.speech import smart_turn, vad
+from voxmesh.speech.smart_turn import WINDOW, SmartTurn, features
+from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad, TurnCheck
+
+RATE = 16000
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fetcher() -> object:
+    spec = importlib.util.spec_from_file_location("fetch", REPO / "scripts/fetch-smart-turn.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- the file `make install` fetched ---------------------------------------------------------
+
+
+def test_model_file_is_the_pinned_one_with_its_licence() -> None:
+    path = smart_turn.model_path()
+    assert path.parent == REPO / "speech" / "models"
+    fetch = _fetcher()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == fetch.SHA256  # type: ignore[attr-defined]
+    notice = (path.parent / "SMART-TURN-LICENSE").read_text()
+    assert "BSD 2-Clause License" in notice and "Daily" in notice
+    assert "Redistributions in binary form must reproduce" in notice
+
+
+def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"make install.*turn_model = \"off\""):
+        smart_turn.model_path(tmp_path / "nope.onnx")
+
+
+@pytest.fixture(scope="module")
+def model() -> SmartTurn:
+    return SmartTurn()
+
+
+def test_model_io(model: SmartTurn) -> None:
+    (inp,) = model.session.get_inputs()
+    (out,) = model.session.get_outputs()
+    assert (inp.name, inp.shape[1:]) == ("input_features", [80, 800])
+    assert out.name == "logits" and out.shape[1:] == [1]
+
+
+# --- features ----------------------------------------------------------------------------------
+
+
+def reference(pcm: np.ndarray) -> np.ndarray:
+    """faster-whisper's own numpy log-mel (Whisper's) over the same normalised 8 s."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    x = pcm.astype(np.float32) / 32768.0
+    x = np.pad(x[-WINDOW:], (max(0, WINDOW - x.size), 0))
+    x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+    out: np.ndarray = FeatureExtractor(chunk_length=8)(x, padding=0)
+    return out
+
+
+@pytest.mark.parametrize("seconds", [1.5, 9.0])  # left-padded, and cut to the last 8 s
+def test_features_match_faster_whisper(seconds: float) -> None:
+    speech = piper_wav("I would like to go to the station, please.")[0]
+    pcm = np.resize(speech, int(seconds * RATE))
+    mine, ref = features(pcm), reference(pcm)
+    assert mine.shape == ref.shape == (80, 800) and mine.dtype == np.float32
+    assert np.abs(mine - ref).max() < 1e-4  # float64 here, float32 there: measured 3.3e-6
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+
+def spoken(text: str, tail_ms: int) -> np.ndarray:
+    pcm = steady_piper(text)
+    a, b = speech_bounds(pcm)
+    zeros = np.zeros  # before the onset as the VAD actor gives it, and the pause so far
+    return np.concatenate([zeros(RATE // 2, np.int16), pcm[a:b], zeros(RATE * tail_ms // 1000)])
+
+
+# 64 ms of silence: about what the first silent chunk gives it (speech/vad.py TURN_CHECKS_MS)
+@pytest.mark.parametrize("text", ["What time is it?", "Sure.", "Please send me the report."])
+def test_complete_sentence_is_complete(model: SmartTurn, text: str) -> None:
+    assert model.probability(spoken(text, 64)) > 0.5  # measured 0.92-0.99
+
+
+@pytest.mark.parametrize(
+    "text", ["So I was thinking that maybe we could", "I would like to go to the"]
+)
+def test_cut_sentence_is_incomplete(model: SmartTurn, text: str) -> None:
+    assert model.probability(spoken(text, 64)) < 0.5  # measured 0.01-0.03
+
+
+# --- the segmenter's adaptive end of turn -------------------------------------------------------
+
+
+def adaptive() -> SpeechSegmenter:
+    return SpeechSegmenter(
+        min_speech_ms=64,
+        speech_pad_ms=30,
+        turn_model=True,
+        complete_silence_ms=100,
+        max_silence_ms=1000,
+    )
+
+
+def feed(seg: SpeechSegmenter, probs: list[float], at: int) -> list[tuple[int, str]]:
+    out = []
+    for i, p in enumerate(probs, start=at):
+        out += [(i, ev.kind) for ev in seg.feed(p, i * CHUNK)]
+    return out
+
+
+def speak(seg: SpeechSegmenter) -> None:
+    assert feed(seg, [0.0] * 20 + [0.9] * 20, 0) == [(21, "speech_start")]
+
+
+def test_complete_verdict_ends_after_the_short_silence() -> None:
+    seg = adaptive()
+    speak(seg)
+    assert seg.check_due() is None  # still speech
+    assert feed(seg, [0.0], 40) == [(40, "speech_pause")]
+    check = seg.check_due()
+    assert check is not None
+    assert check == TurnCheck(check.token, 20 * CHUNK - 8000, 41 * CHUNK)  # 500 ms pre-roll
+    assert seg.check_due() is None  # one at a time
+    assert seg.verdict(check.token, True) == []  # 32 ms of silence so far
+    assert feed(seg, [0.0] * 3, 41) == [(43, "speech_end")]  # 4 chunks = 128 ms >= 100 ms
+    assert seg.state == "silence"
+
+
+def test_late_complete_verdict_ends_at_once_on_the_pause_sample() -> None:
+    seg = adaptive()
+    speak(seg)
+    feed(seg, [0.0], 40)
+    check = seg.check_due()
+    assert check is not None
+    assert feed(seg, [0.0] * 5, 41) == []  # 192 ms: without a verdict, wait
+    (end,) = seg.verdict(check.token, True)
+    assert (end.kind, end.sample) == ("speech_end", 40 * CHUNK + 30 * RATE // 1000)
+
+
+def test_incomplete_waits_for_the_max_silence() -> None:
+    seg = adaptive()
+    speak(seg)
+    feed(seg, [0.0], 40)
+    first = seg.check_due()
+    assert first is not None and seg.verdict(first.token, False) == []
+    events = feed(seg, [0.0] * 40, 41)
+    assert seg.check_due() is None  # no re-check: longer silence sounds complete to it
+    assert events == [(71, "speech_end")]  # 32 chunks = 1024 ms >= 1000 ms
+
+
+def test_a_check_point_passed_while_one_runs_is_not_asked_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(vad, "TURN_CHECKS_MS", (0, 200))
+    seg = adaptive()
+    speak(seg)
+    feed(seg, [0.0], 40)
+    first = seg.check_due()
+    assert first is not None
+    feed(seg, [0.0] * 9, 41)  # 320 ms: past the second point while the first runs
+    assert seg.check_due() is None and seg.verdict(first.token, False) == []
+    second = seg.check_due()
+    assert second is not None and second.end == 50 * CHUNK
+    assert seg.verdict(second.token, False) == [] and seg.check_due() is None
+
+
+def test_speech_back_makes_the_verdict_stale() -> None:
+    seg = adaptive()
+    speak(seg)
+    feed(seg, [0.0], 40)
+    old = seg.check_due()
+    assert old is not None
+    assert feed(seg, [0.9] * 3 + [0.0], 41) == [(41, "speech_resume"), (44, "speech_pause")]
+    assert seg.check_due() is None  # the old check still runs
+    assert seg.verdict(old.token, True) == []  # about the earlier pause: ignored
+    assert seg.complete is None
+    new = seg.check_due()
+    assert new is not None and new.token != old.token
+    assert feed(seg, [0.0] * 10, 45) == []
+
+
+def test_failed_check_leaves_the_max_silence() -> None:
+    seg = adaptive()
+    speak(seg)
+    feed(seg, [0.0], 40)
+    check = seg.check_due()
+    assert check is not None and seg.verdict(check.token, None) == []
+    assert feed(seg, [0.0] * 31, 41)[-1:] == [(71, "speech_end")]
+
+
+def test_off_never_asks() -> None:
+    seg = SpeechSegmenter(min_speech_ms=64, min_silence_ms=250)
+    speak(seg)
+    feed(seg, [0.0], 40)
+    assert seg.check_due() is None
+
+
+def test_stream_hands_the_turn_audio_over() -> None:
+    speech = piper_wav("What time is it?")[0]
+    pcm = np.concatenate([np.zeros(RATE, np.int16), speech, np.zeros(RATE, np.int16)])
+    stream = StreamingVad(SileroVad(), adaptive())
+    found = None
+    for at in range(0, pcm.size - 320, 320):
+        kinds = [ev.kind for ev in stream.push(pcm[at : at + 320], at)]
+        due = stream.turn_check()
+        if due is not None:
+            found = due
+            break
+        assert "speech_end" not in kinds
+    assert found is not None
+    check, audio = found
+    assert check.start < RATE and audio.dtype == np.int16
+    assert np.array_equal(audio, pcm[check.start : check.end])
+
+
+def test_pre_roll_starts_the_turn_before_the_onset_but_not_in_the_last_one() -> None:
+    seg = SpeechSegmenter(min_speech_ms=64, min_silence_ms=96, speech_pad_ms=30, pre_roll_ms=200)
+    starts = []
+    for i, p in enumerate([0.0] * 20 + [0.9] * 10 + [0.0] * 5 + [0.9] * 10 + [0.0] * 5):
+        starts += [ev.sample for ev in seg.feed(p, i * CHUNK) if ev.kind == "speech_start"]
+    first_end = 30 * CHUNK + 30 * RATE // 1000
+    assert starts == [20 * CHUNK - 200 * RATE // 1000, first_end]  # floored at the last end
