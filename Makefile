@@ -1,41 +1,74 @@
 # voxmesh: `make up` installs and runs; `make test` installs what tests need and runs them.
-PYTHON ?= python3
-PIP := $(PYTHON) -m pip --disable-pip-version-check
+#
+# Python: a virtual environment in the checkout (.venv, made with BASE_PYTHON), so that an
+# externally managed system Python (Debian, Ubuntu) is never touched and nothing needs
+# activating: voxmesh runs as .venv/bin/voxmesh. PYTHON=/path/to/python uses that interpreter
+# as it is instead (no venv). System packages come through apt only when missing, through sudo
+# when not root (scripts/apt-need.sh); the README lists them.
+BASE_PYTHON ?= python3
+VENV := .venv
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(VENV)/bin/python
+VOXMESH := $(VENV)/bin/voxmesh
+PYTHON_DEP := $(VENV)/bin/python
+STAMP := $(VENV)/.make
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+else
+VOXMESH := $(PYTHON) -m voxmesh
+PYTHON_DEP :=
 STAMP := .make
+endif
+PIP := $(PYTHON) -m pip --disable-pip-version-check
 BIN := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
-# apt is used only where the tools are missing (espeak-ng for test speech, chromium for the page test)
-APT_PKGS := espeak-ng chromium
+APT_NEED := bash scripts/apt-need.sh
+# for the tests: espeak-ng (test speech), PortAudio (voxmesh console); chromium (the page test)
+APT_DEV := espeak-ng=espeak-ng lib:portaudio=libportaudio2
+APT_BROWSER := $(if $(VOXMESH_CHROMIUM),,chromium|chromium-browser=chromium)
+# the tests that need neither a browser nor livekit-server (markers set in tests/conftest.py)
+QUICK_TESTS := -m "not browser and not livekit"
 
-.PHONY: install up dev test lint bench bench-quick bench-micro livekit web clean
+.PHONY: install smart-turn up dev browser test test-quick lint bench bench-quick bench-micro livekit web clean
 
-install: $(STAMP)/install
+install: $(STAMP)/install smart-turn
 
-$(STAMP)/install: pyproject.toml
+$(STAMP)/install: pyproject.toml $(PYTHON_DEP)
 	$(PIP) install -q -e .
 	@mkdir -p $(STAMP) && touch $@
 
+$(VENV)/bin/python:
+	@bash scripts/make-venv.sh "$(BASE_PYTHON)" "$(VENV)"
+
+# Smart Turn v3.2 (the end-of-turn model) out of the pipecat-ai wheel, without its deps
+SMART_TURN := speech/models/smart-turn-v3.2-cpu.onnx
+smart-turn: $(SMART_TURN)
+
+$(SMART_TURN): | $(PYTHON_DEP)
+	$(PYTHON) scripts/fetch-smart-turn.py
+
 up: install
-	voxmesh up
+	$(VOXMESH) up
 
 dev: $(STAMP)/dev
 
-$(STAMP)/dev: pyproject.toml
-	$(PIP) install -q -e '.[dev]'
-	@missing=""; for p in $(APT_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "apt-get install:$$missing"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
-	fi
+$(STAMP)/dev: pyproject.toml $(PYTHON_DEP)
+	$(PIP) install -q -e '.[dev,console]'
+	@$(APT_NEED) $(APT_DEV)
 	@mkdir -p $(STAMP) && touch $@
+
+browser:
+	@$(APT_NEED) '$(APT_BROWSER)'
 
 livekit: $(BIN)/livekit-server
 
 $(BIN)/livekit-server:
 	bash scripts/install-livekit.sh $(BIN)
 
-test: dev livekit lint
+test: dev browser livekit lint
 	$(PYTHON) -m pytest tests
+
+test-quick: dev
+	$(PYTHON) -m pytest $(QUICK_TESTS) tests
 
 # mypy must see the tree as the package voxmesh (the repo root is the package): a link
 # named voxmesh in a temp dir gives it that name without an install.
@@ -50,10 +83,10 @@ lint: dev
 	  rc=$$?; rm -rf "$$d"; exit $$rc
 
 bench: dev
-	voxmesh bench
+	$(VOXMESH) bench
 
 bench-quick: dev
-	voxmesh bench --quick
+	$(VOXMESH) bench --quick
 
 bench-micro: dev
 	$(PYTHON) -m pytest bench/micro --benchmark-only -p no:cacheprovider

@@ -2,9 +2,10 @@
 
 One module per command, named in ``COMMANDS`` (name -> (``module:attribute`` of its
 ``click.Command``, one-line help for ``voxmesh --help``)): ``up``, ``status``, ``say``,
-``talk``, ``bench``. A command's module is imported only when that command runs (or shows its
-own ``--help``); keep its top-level imports light anyway (click and the standard library):
-numpy, the mesh and the models are imported inside the command functions. To add a command,
+``talk``, ``console``, ``models``, ``bench``. A command's module is imported only when that
+command runs (or shows its own ``--help``); keep its top-level imports light anyway (click and
+the standard library): numpy, the mesh and the models are imported inside the command
+functions. To add a command,
 write its module and add one line to ``COMMANDS``.
 ``common`` holds what the modules share: ``CliError``, ``--config``/``--port``
 (``mesh_options``), ``load_config``, ``running_mesh`` and ``output_file``.
@@ -44,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("voxmesh.cli.status:status", "show the actors of the running mesh"),
     "say": ("voxmesh.cli.say:say", "speak TEXT through the running mesh into a WAV file"),
     "talk": ("voxmesh.cli.talk:talk", "send a WAV file as the microphone, record the reply"),
+    "console": (
+        "voxmesh.cli.console:console",
+        "talk with the mesh through this machine's microphone and speaker",
+    ),
     "models": ("voxmesh.cli.models:models", "list, load and unload the TTS actors' voices"),
     "bench": ("voxmesh.cli.bench:bench", "run the benchmarks (latency, jitter, scale)"),
 }

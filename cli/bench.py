@@ -8,12 +8,18 @@ the command line (``python -m voxmesh.bench.cli`` runs the same command standalo
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import CliError
+
+if TYPE_CHECKING:
+    from voxmesh.bench.report import Figure
 
 DEFAULT_OUT = Path("bench/results")
 
@@ -72,7 +78,7 @@ def bench(
     list_only: bool,
 ) -> int:
     from voxmesh.bench import registry
-    from voxmesh.bench.report import write_json, write_png, write_summary
+    from voxmesh.bench.report import write_json, write_summary
 
     known = registry.load_all()
     if list_only:
@@ -83,17 +89,53 @@ def bench(
     unknown = [n for n in names if n not in known]
     if unknown:
         raise CliError(f"unknown scenario(s) {unknown}; known: {list(known)}", code=2)
+    plots = can_plot()
+    if not plots:  # said before the run, which goes on: the figures are the JSON files
+        print(f"voxmesh bench: {NO_PLOTS}", file=sys.stderr)
     ctx = registry.BenchContext(quick=quick, out=out, sessions=sessions or None, tts=tts or "")
     t0 = time.monotonic()
     outcome = registry.run(names, ctx)
+    # What was measured is written first (JSON, SUMMARY.md); plots come after and may fail
+    # without losing any of it.
     for fig in outcome.figures:
         write_json(fig, out)
-        write_png(fig, out)
     mode = "quick" if quick else "full"
-    summary = write_summary(
-        outcome.figures, out, skipped=outcome.skipped, notes=outcome.notes, mode=mode
-    )
+    notes = list(outcome.notes)
+    if not plots:
+        notes.append(f"no PNG plots: {NO_PLOTS}")
+    summary = write_summary(outcome.figures, out, skipped=outcome.skipped, notes=notes, mode=mode)
+    pngs = write_plots(outcome.figures, out) if plots else 0
     print(summary.read_text(encoding="utf-8"))
-    print(f"wrote {len(outcome.figures)} figures to {out} in {time.monotonic() - t0:.0f} s")
+    print(
+        f"wrote {len(outcome.figures)} figures to {out} (JSON, {pngs} PNG) "
+        f"in {time.monotonic() - t0:.0f} s"
+    )
     failed = [name for name, why in outcome.skipped if why.startswith("failed")]
     return 1 if failed else 0
+
+
+NO_PLOTS = (
+    "matplotlib is not installed, so this run writes JSON and SUMMARY.md but no PNG plots "
+    "(pip install 'voxmesh[bench]', or make dev)"
+)
+
+
+def can_plot() -> bool:
+    """Whether matplotlib can be imported (looked up without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_plots(figures: Sequence[Figure], out: Path) -> int:
+    """A PNG per figure; one that fails is reported in one line and the rest go on."""
+    from voxmesh.bench.report import write_png
+
+    written = 0
+    for fig in figures:
+        try:
+            write_png(fig, out)
+            written += 1
+        except Exception as exc:  # a plot is a view of the JSON, which is already written
+            print(f"voxmesh bench: no plot for {fig.name}: {exc!r}", file=sys.stderr)
+    return written

@@ -5,7 +5,16 @@ the session's mic audio at its own rate (the server resamples), in 20 ms packets
 real-time schedule (``--fast``: 8x real time). After the file the microphone keeps sending
 silence, as a real one would, until the mesh has answered: every reply that started has
 ended and the router is listening again (or ``--timeout`` runs out, exit 1 with what was
-heard so far). Every reply frame received is written to OUT.wav (48 kHz mono 16-bit).
+heard so far). The first ``error`` event from the mesh (``responder_failed`` when the LLM is
+down, ...) ends the run at once, exit 1 with its code and message. Every reply frame
+received is written to OUT.wav (48 kHz mono 16-bit).
+
+It prints what the mesh heard (``heard: ...``), each reply (``reply: ...``, or ``reply
+(interrupted): ...`` when the user barged in on it, ``reply (failed): ...``), each turn's
+latency (the end of the user's speech leaving the client -> the first reply frame received;
+the speech end is the mesh's own ``vad`` ``speech_end`` sample) and when the first reply
+audio came relative to the file's end (before it when the reply answers speech that ended
+earlier: an earlier turn, or silence at the file's end the mesh did not wait for).
 A file it cannot use, or an ``-o``/``--events`` path it cannot write, is exit 2 before
 anything is sent.
 
@@ -25,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .common import CliError, MeshOptions, mesh_options, output_file, wav_output
-from .session import fail_on_error, mesh_session, write_reply
+from .session import fail_on_error, is_error, mesh_session, write_reply
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from voxmesh.client import WsClient
+    from voxmesh.client import MicStream, WsClient
 
 FAST_SPEED = 8.0
 
@@ -103,32 +112,117 @@ async def _talk(options: TalkOptions, pcm: np.ndarray, rate: int) -> int:
         speed = FAST_SPEED if options.fast else 1.0
         async with MicStream(client, rate, speed=speed) as mic:
             end = mic.queue(pcm)
-            await mic.wait_sent(end, timeout=pcm.size / rate / speed + 30)
+            # An error event (the LLM down: responder_failed) ends the run at once, even
+            # while the file is still being sent.
+            await _sent_or_error(client, mic, end, pcm.size / rate / speed + 30)
             t_mic_end = mic.sent_time(end - 1) or time.monotonic()
             marks.append((t_mic_end, {"type": "client.mic_end", "samples": end}))
             try:
                 await client.wait_until(
-                    lambda: _answered(client), options.timeout, "the reply", poll_s=0.05
+                    lambda: _answered(client) or _errored(client),
+                    options.timeout,
+                    "the reply",
+                    poll_s=0.05,
                 )
                 failure = None
             except TimeoutError:
                 failure = _what_is_missing(client, options.timeout)
+            turns = turn_latencies(client, mic)
         reply = client.frames
         if reply:
             marks.append((reply[0].t, {"type": "client.first_frame"}))
         if options.events:
             _write_events(options.events, client, marks, t0)
+        fail_on_error(client)
         if failure:
             raise CliError(failure)
-        fail_on_error(client)
         duration = write_reply(options.output, client)
     for text in _texts(client, "transcript"):
         print(f"heard: {text}")
-    for text in _texts(client, "reply"):
-        print(f"reply: {text}")
-    after = f"; first reply audio at {(reply[0].t - t_mic_end) * 1000:+.0f} ms from the file's end"
-    print(f"wrote {options.output}: {duration:.2f} s of audio{after if reply else ''}")
+    for text, how in replies(client):
+        print(f"reply{f' ({how})' if how else ''}: {text}")
+    for i, ms in enumerate(turns, 1):
+        print(f"turn {i}: first reply audio {ms:.0f} ms after the end of speech")
+    after = ""
+    if reply:
+        ms = (reply[0].t - t_mic_end) * 1000
+        after = (
+            f"; first reply audio {ms:.0f} ms after the file's end"
+            if ms >= 0
+            else f"; first reply audio {-ms:.0f} ms before the file's end (it answered "
+            "speech that had ended earlier in the file)"
+        )
+    print(f"wrote {options.output}: {duration:.2f} s of audio{after}")
     return 0
+
+
+async def _sent_or_error(client: WsClient, mic: MicStream, end: int, timeout: float) -> None:
+    """Until every sample before ``end`` is sent, or an error event has come."""
+    import asyncio
+    import contextlib
+
+    sent = asyncio.ensure_future(mic.wait_sent(end, timeout=timeout))
+    error = asyncio.ensure_future(client.next_event(is_error, timeout))
+    try:
+        await asyncio.wait({sent, error}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sent, error):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, ConnectionError):
+                await task
+    if sent.done() and not sent.cancelled() and sent.exception() is None:
+        return
+    if error.done() and not error.cancelled() and error.exception() is None:
+        return  # the caller reports it
+    # the socket closed, or the mic stopped: what the mic raised, else the wait's error
+    exc = sent.exception() if sent.done() and not sent.cancelled() else None
+    raise exc or ConnectionError("the connection closed while the file was being sent")
+
+
+def _errored(client: WsClient) -> bool:
+    return bool(client.events_of("error"))
+
+
+def replies(client: WsClient) -> list[tuple[str, str]]:
+    """Each reply's text with how it ended: "" when it played to its end, else the
+    ``audio_end`` reason ("interrupted", "failed"). A reply is told by the next
+    ``audio_end`` after its text (or the one just before it: a reply cut off while its text
+    was still coming has its ``audio_end`` first)."""
+    out: list[list[str]] = []
+    reasons: list[str] = []  # audio_end reasons not yet given to a reply
+    for event in client.events:
+        if event.kind == "reply":
+            out.append([str(event.data.get("text", "")), reasons.pop(0) if reasons else "?"])
+        elif event.kind == "audio_end":
+            reason = str(event.data.get("reason", ""))
+            open_reply = next((r for r in out if r[1] == "?"), None)
+            if open_reply is not None:
+                open_reply[1] = reason
+            else:
+                reasons.append(reason)
+    return [(text, "" if how in ("done", "?") else how) for text, how in out]
+
+
+def turn_latencies(client: WsClient, mic: MicStream) -> list[float]:
+    """Per turn, ms from the end of the user's speech leaving this client (the mesh's
+    ``vad`` ``speech_end`` sample, a 16 kHz position, mapped onto the file) to the first
+    reply frame received after it. A turn without reply audio has none."""
+    out: list[float] = []
+    events = client.events
+    for i, event in enumerate(events):
+        if event.kind != "vad" or event.data.get("event") != "speech_end":
+            continue
+        sample = event.data.get("sample")
+        if not isinstance(sample, int):
+            continue
+        start = next((e for e in events[i + 1 :] if e.kind in ("audio_start", "vad")), None)
+        if start is None or start.kind != "audio_start":
+            continue  # the user spoke again before any reply: not a turn of its own
+        t_speech_end = mic.mesh_sample_time(sample)
+        frame = next((f for f in client.frames if f.t >= start.t), None)
+        if t_speech_end is not None and frame is not None:
+            out.append((frame.t - t_speech_end) * 1000)
+    return out
 
 
 def _answered(client: WsClient) -> bool:

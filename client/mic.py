@@ -80,6 +80,13 @@ class MicStream:
         i = bisect.bisect_right(self.log, sample, key=lambda e: e[1]) - 1
         return self.log[i][0]
 
+    def mesh_sample_time(self, sample: int, mesh_rate: int = 16000) -> float | None:
+        """When the mic audio the mesh counts as its sample ``sample`` left this client: the
+        mesh numbers the session's mic samples at ``mesh_rate`` from the session's start (as
+        in ``vad`` events), this stream at ``rate`` from its own start (the same moment when
+        it was started with the session). None: not sent yet."""
+        return self.sent_time(max(0, -(-sample * self.rate // mesh_rate) - 1))
+
     async def wait_sent(self, sample: int, timeout: float | None = None) -> None:
         """Wait until every sample before position ``sample`` has been sent."""
         async with asyncio.timeout(timeout):

@@ -255,6 +255,13 @@ class LiveKitService:
     def __init__(self, settings: Settings) -> None:
         self.server: LiveKitServer | None = None
         self._reported_death = False
+        if not settings.livekit.url:  # one will be started: a missing binary fails now,
+            try:  # as one line, before the supervisor has started anything
+                find_binary(settings.livekit.binary or None)
+            except LiveKitServerError as exc:
+                from .services import ServiceUnavailable
+
+                raise ServiceUnavailable(str(exc)) from None
 
     def start(self, settings: Settings, run_dir: Path) -> Settings:
         lk = settings.livekit

@@ -25,6 +25,26 @@ __all__ = ["MeshProc", "mesh_up"]
 
 CHILD_GRACE_S = 5.0
 
+# Tests that need more than Python: a browser (headless Chromium + playwright) or a
+# livekit-server binary (`make livekit`). `make test-quick` runs the others
+# (-m "not browser and not livekit").
+BROWSER_FILES = {"test_browser.py"}
+LIVEKIT_PREFIX = "test_livekit_"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: needs headless Chromium and playwright")
+    config.addinivalue_line("markers", "livekit: needs the livekit-server binary (make livekit)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        if name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+        if name.startswith(LIVEKIT_PREFIX):
+            item.add_marker(pytest.mark.livekit)
+
 
 def _segments() -> set[str]:
     return {p.name for p in SHM_DIR.glob("voxmesh-*")}

@@ -93,3 +93,43 @@ def test_a_failing_scenario_is_reported_and_the_others_run(tmp_path: Path) -> No
         registry.SCENARIOS.clear()
         registry.SCENARIOS.update(saved)
     assert outcome.skipped == [("boom", "failed: RuntimeError: exploded"), ("skip", "not here")]
+
+
+@pytest.mark.parametrize("broken", ["no matplotlib", "a plot fails"])
+def test_a_run_is_never_lost_to_its_plots(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    broken: str,
+) -> None:
+    """Without matplotlib the bench says so before it starts and writes JSON and SUMMARY.md;
+    a plot that fails costs that plot only."""
+    from voxmesh.bench import report
+    from voxmesh.cli import bench as bench_cli
+
+    registry.load_all()
+
+    def tiny(ctx: registry.BenchContext, out: registry.Outcome) -> None:
+        out.add(Figure("tiny", "a tiny figure", "nothing", rows=[Row("x", [1.0, 2.0, 3.0])]))
+
+    def no_png(fig: Figure, out: Path) -> Path:
+        raise RuntimeError("no display")
+
+    monkeypatch.setitem(registry.SCENARIOS, "tiny", registry.Scenario("tiny", "tiny", tiny, 999))
+    if broken == "no matplotlib":
+        monkeypatch.setattr(bench_cli, "can_plot", lambda: False)
+    else:
+        monkeypatch.setattr(report, "write_png", no_png)
+
+    assert cli.main(["--only", "tiny", "--out", str(tmp_path)]) == 0
+
+    err = capsys.readouterr().err
+    assert json.loads((tmp_path / "tiny.json").read_text())["rows"][0]["summary"]["n"] == 3
+    assert "| tiny | x | 3 |" in (tmp_path / "SUMMARY.md").read_text()
+    assert not (tmp_path / "tiny.png").exists()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    if broken == "no matplotlib":
+        assert "matplotlib is not installed" in err and "voxmesh[bench]" in err
+        assert "no PNG plots" in (tmp_path / "SUMMARY.md").read_text()
+    else:
+        assert "no plot for tiny: RuntimeError('no display')" in err

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import tomllib
+import types
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from meshproc import free_port
 from voxmesh.cli import COMMANDS, main, version
 
 REPO = Path(__file__).resolve().parent.parent
-EXISTING = ["up", "status", "say", "talk", "models", "bench"]
+EXISTING = ["up", "status", "say", "talk", "console", "models", "bench"]
 HEAVY = ("numpy", "onnxruntime", "faster_whisper", "ctranslate2", "aiohttp", "zmq", "soxr")
 
 
@@ -71,7 +72,7 @@ def test_help_lists_exactly_the_commands_that_exist(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     listed = out.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[0] for line in listed] == EXISTING, out
-    for missing in ("console", "keys", "worker"):
+    for missing in ("keys", "worker", "dev"):
         assert missing not in out
 
 
@@ -150,7 +151,11 @@ def test_python_m_voxmesh_help_does_not_import_numpy(tmp_path: Path) -> None:
         (["say", "  ", "-o", "{tmp}/x.wav"], 2, "TEXT is empty"),
         (["say", "hi", "-o", "/nonexistent-dir/x.wav"], 2, "no directory /nonexistent-dir"),
         (["say", "hi", "-o", "{tmp}"], 2, "it is a directory"),
-        (["talk", "{tmp}/float.wav", "-o", "{tmp}/x.wav"], 2, "unknown format: 3"),
+        (
+            ["talk", "{tmp}/float.wav", "-o", "{tmp}/x.wav"],
+            2,
+            "is 32-bit float WAV; only 16-bit PCM is supported (convert with: sox",
+        ),
         (["talk", "{tmp}/missing.wav", "-o", "{tmp}/x.wav"], 2, "cannot read"),
         (["talk", "{tmp}/float.wav", "-o", "/nonexistent-dir/x.wav"], 2, "/nonexistent-dir"),
         (["talk", "{tmp}/float.wav", "-o", "{tmp}/x.wav", "--events", "/no/e.jsonl"], 2, "/no"),
@@ -195,7 +200,10 @@ def test_an_unwritable_output_fails_before_anything_else(tmp_path: Path) -> None
     ("args", "message"),
     [
         (("keys",), "no such command 'keys'"),
-        (("talk", "{tmp}/float.wav", "-o", "{tmp}/out.wav"), "unknown format: 3"),
+        (
+            ("talk", "{tmp}/float.wav", "-o", "{tmp}/out.wav"),
+            "is 32-bit float WAV; only 16-bit PCM is supported (convert with: sox",
+        ),
     ],
 )
 def test_python_m_voxmesh_errors_are_one_line(
@@ -207,3 +215,108 @@ def test_python_m_voxmesh_errors_are_one_line(
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("voxmesh: error: ") and message in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_up_livekit_without_the_binary_is_one_line(tmp_path: Path) -> None:
+    """Before anything starts: no ZMQ socket, no actor, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXMESH_")}
+    env |= {"XDG_RUNTIME_DIR": str(tmp_path), "VOXMESH_LIVEKIT_BINARY": str(tmp_path / "nope")}
+    done = subprocess.run(
+        [sys.executable, "-m", "voxmesh", "up", "--livekit", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxmesh: error: --livekit: "), done.stderr
+    assert "livekit-server binary not found" in lines[0] and "make livekit" in lines[0]
+
+
+# --- voxmesh console: no audio library, no PortAudio, no device --------------------------------
+
+
+class FakePortAudioError(Exception):
+    pass
+
+
+def fake_sounddevice(devices: dict[str, str | None]) -> types.ModuleType:
+    """A sounddevice module with these default devices (kind -> name, None: there is none)."""
+    module = types.ModuleType("sounddevice")
+
+    def query_devices(device: object = None, kind: str | None = None) -> dict[str, object]:
+        name = devices.get(kind or "")
+        if name is None:
+            raise FakePortAudioError("Error querying device -1")
+        return {"name": name, "index": 0, "default_samplerate": 48000.0}
+
+    module.PortAudioError = FakePortAudioError  # type: ignore[attr-defined]
+    module.query_devices = query_devices  # type: ignore[attr-defined]
+    return module
+
+
+def console_error(capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["console", "--port", str(free_port())]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxmesh: error: "), captured.err
+    assert captured.out == ""
+    return lines[0]
+
+
+def test_console_without_sounddevice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
+    assert "pip install 'voxmesh[console]'" in console_error(capsys)
+
+
+def test_console_without_portaudio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = console_error(capsys)
+    assert "PortAudio library not found" in line and "apt-get install libportaudio2" in line
+
+
+@pytest.mark.parametrize(
+    ("devices", "missing"),
+    [
+        ({"input": None, "output": None}, "no audio input device (microphone)"),
+        ({"input": "mic", "output": None}, "no audio output device (speaker)"),
+    ],
+)
+def test_console_without_an_audio_device(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    devices: dict[str, str | None],
+    missing: str,
+) -> None:
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(devices))
+    line = console_error(capsys)
+    assert missing in line and "voxmesh talk" in line
+
+
+def test_console_on_this_machine_is_one_clear_line(tmp_path: Path) -> None:
+    """The real thing, whatever this machine lacks (no mesh needed: audio is checked first)."""
+    try:
+        import sounddevice
+
+        sounddevice.query_devices(kind="input")
+        sounddevice.query_devices(kind="output")
+    except ImportError:
+        expected = "pip install 'voxmesh[console]'"
+    except OSError:
+        expected = "apt-get install libportaudio2"
+    except Exception:  # sounddevice.PortAudioError: no such device
+        expected = "no audio"
+    else:
+        pytest.skip("this machine has a microphone and a speaker")
+    done = run_cli(tmp_path, "console", "--port", str(free_port()))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and expected in done.stderr, done.stderr

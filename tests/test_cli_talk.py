@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -75,6 +76,16 @@ def test_talk_answers_a_spoken_wav_with_a_spoken_reply(
     assert [e["t"] for e in log] == sorted(e["t"] for e in log)
     finals = [e["text"] for e in log if e["type"] == "transcript" and e["final"]]
     assert len(finals) == 1 and word_error_rate(HELLO, finals[0]) <= MAX_WER, finals
+    # one turn: its latency from the end of speech, and the first audio against the file's end
+    turn = re.search(
+        r"^turn 1: first reply audio (\d+) ms after the end of speech$", done.stdout, re.M
+    )
+    file_end = re.search(r"first reply audio (\d+) ms (after|before) the file's end", done.stdout)
+    assert turn and file_end and "turn 2" not in done.stdout, done.stdout
+    from_file_end = int(file_end[1]) * (1 if file_end[2] == "after" else -1)
+    # the speech ends 0.3 s of padding (plus Piper's own trailing silence) before the file
+    speech_to_file_end = int(turn[1]) - from_file_end
+    assert 300 - 40 <= speech_to_file_end <= 300 + 300, done.stdout
 
 
 def test_talk_fast_takes_a_stereo_wav(mesh: MeshProc, tmp_path: Path) -> None:
@@ -103,6 +114,54 @@ def test_say_writes_the_spoken_text(mesh: MeshProc, whisper: WhisperAsr, tmp_pat
     assert "first audio after" in done.stdout, done.stdout
     spoken = said(whisper, tmp_path / "say.wav")
     assert word_error_rate(text, spoken) <= MAX_WER, f"the WAV says {spoken!r}"
+
+
+def test_talk_marks_an_interrupted_reply(mesh: MeshProc, tmp_path: Path) -> None:
+    """Two sentences, the second while the first reply is being spoken: that reply is marked
+    interrupted, and its audio having started before the file ended is said as such."""
+    first, rate = piper_wav(HELLO)
+    second, _ = piper_wav("Sorry, I meant the bus station.")
+    gap = np.zeros(int(1.2 * rate), np.int16)  # the reply has started, and is still speaking
+    write_wav(
+        tmp_path / "two.wav",
+        pad_silence(np.concatenate([first, gap, second]), 0.3, 0.3, rate),
+        rate,
+    )
+
+    done = voxmesh(mesh, "talk", tmp_path / "two.wav", "-o", tmp_path / "out.wav")
+
+    assert done.returncode == 0, done.stderr
+    replies = [ln for ln in done.stdout.splitlines() if ln.startswith("reply")]
+    assert replies[0].startswith("reply (interrupted): "), done.stdout
+    assert replies[-1].startswith("reply: ") and "bus" in replies[-1].lower(), done.stdout
+    assert "before the file's end" in done.stdout and not re.search(r"-\d+ ms", done.stdout)
+
+
+def test_talk_stops_at_the_first_error(tmp_path: Path) -> None:
+    """The LLM endpoint down: the mesh says responder_failed at once, and so does talk (not
+    after its whole --timeout)."""
+    config = {"router": {"responder": "openai", "openai_url": f"http://127.0.0.1:{free_port()}/v1"}}
+    speech, rate = piper_wav(HELLO)
+    write_wav(tmp_path / "hello.wav", pad_silence(speech, 0.3, 0.3, rate), rate)
+    (tmp_path / "mesh").mkdir()
+    with mesh_up(tmp_path / "mesh", tts="mock", config=config) as down:
+        t0 = time.monotonic()
+        done = voxmesh(
+            down,
+            "talk",
+            tmp_path / "hello.wav",
+            "-o",
+            tmp_path / "out.wav",
+            "--fast",
+            "--timeout",
+            "60",
+        )
+        took = time.monotonic() - t0
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "responder_failed" in lines[0] and "Traceback" not in done.stderr
+    assert took < 20, f"talk took {took:.1f} s"
+    assert not (tmp_path / "out.wav").exists()
 
 
 # --- errors (no mesh needed) ---------------------------------------------------------------

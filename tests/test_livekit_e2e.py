@@ -28,7 +28,8 @@ from voxmesh.actors.transport.livekit_bridge import receive_stats
 from voxmesh.client import event_is
 from voxmesh.mesh.settings import Settings
 from voxmesh.speech.wer import word_error_rate
-from voxmesh.supervisor.livekit import LiveKitServerError, LiveKitService
+from voxmesh.supervisor.livekit import LiveKitService
+from voxmesh.supervisor.services import ServiceUnavailable
 
 QUESTION = "What is the weather like in Paris today?"
 INTERRUPTION = "Please stop talking for a moment."
@@ -214,9 +215,10 @@ def test_service_with_a_url_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_missing_binary_says_to_run_make_livekit(tmp_path: Path) -> None:
+    """Found missing when the service is made, before the supervisor starts anything."""
     settings = Settings().replace(livekit={"binary": str(tmp_path / "nope")})
-    with pytest.raises(LiveKitServerError, match="make livekit"):
-        LiveKitService(settings).start(settings, tmp_path)
+    with pytest.raises(ServiceUnavailable, match="make livekit"):
+        LiveKitService(settings)
 
 
 def test_up_with_missing_binary_fails_clearly(tmp_path: Path) -> None:
@@ -236,5 +238,7 @@ def test_up_with_missing_binary_fails_clearly(tmp_path: Path) -> None:
         start_new_session=True,
         check=False,
     )
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxmesh: error: --livekit: "), out.stderr
     assert "livekit-server binary not found" in out.stderr and "make livekit" in out.stderr
