@@ -132,6 +132,9 @@ class Ready(ServerEvent):
     session_id: str
     sample_rate: int
     frame_ms: int
+    # What writes the replies, as the router announced it: ``echo``, or ``openai:<model>``
+    # (absent while the transport has not heard from a router yet).
+    responder: str | None = None
 
 
 @event("state")
@@ -177,6 +180,15 @@ class AudioEnd(ServerEvent):
 
     utterance_id: int
     reason: str
+
+
+@event("heard")
+class Heard(ServerEvent):
+    """After ``audio_end`` ``interrupted``: the part of utterance ``utterance_id``'s reply the
+    user heard (what the bot remembers having said; ends in ``...`` when cut)."""
+
+    utterance_id: int
+    text: str
 
 
 @event("clear")

@@ -204,6 +204,7 @@ class MeshHealth(Message):
 
     ready: bool
     actors: dict[str, Any] = dataclasses.field(default_factory=dict)
+    responder: str = ""  # what writes the replies: "echo" or "openai:<model>" (the page shows it)
 
 
 @message(0x08)

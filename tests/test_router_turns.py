@@ -328,6 +328,30 @@ async def test_heard_text_is_trimmed_after_interruption() -> None:
     assert s.history[-1]["role"] == "assistant"
     assert s.history[-1]["content"].startswith("one two")
     assert "four" not in s.history[-1]["content"]
+    # The client is told what was heard (the page shows only that, marked interrupted).
+    heard = {"type": "heard", "utterance_id": utt, "text": s.history[-1]["content"]}
+    assert out.events[-1] == heard
+
+
+async def test_heard_text_before_the_tts_finished_is_by_speaking_rate() -> None:
+    engine, out, s = make()
+    text = "one two three four five six seven eight nine ten eleven twelve thirteen"
+    await speak_turn(engine, out, s, text)
+    assert s.reply is not None and s.reply.samples == 0  # no SPEAK_DONE yet
+    utt = s.reply.utterance
+    engine.interrupt_now(s)
+    ended = PlaybackEnded(
+        session="s",
+        epoch=s.epoch - 1,
+        utterance=utt,
+        sent_samples=60000,
+        heard_samples=48000,  # 1 s: about 15 characters
+        reason="interrupted",
+        t=0.0,
+    )
+    engine.on_playback_ended(s, ended)
+    assert out.events[-1]["type"] == "heard"
+    assert out.events[-1]["text"] == "one two three..."
 
 
 @pytest.mark.parametrize("mode", ["text", "say"])
@@ -509,6 +533,32 @@ async def test_chunks_still_streaming_when_the_tts_dies_reach_the_next_one_in_or
     assert [(m.chunk, m.first) for m in again] == [(1, False), (2, False), (3, False), (4, False)]
     assert [m.text for m in again] == [sent[1].text, "And a third.", "A fourth.", "A fifth."]
     assert again[-1].last and not [e for e in out.events if e["type"] == "error"]
+
+
+async def test_a_reply_still_streaming_at_the_turn_end_is_shown_once_whole() -> None:
+    """The LLM is mid-reply when the user's turn is confirmed: the client gets one `reply`
+    event, with the whole text, once the reply is complete (not its start, then all of it)."""
+    out = Recorder()
+    responder = ScriptedResponder()
+    engine = TurnEngine(out, responder, TurnConfig(hold_s=3.0), clock=out.clock)
+    s = Session("s", slot=0, generation=1, client="ws")
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    req = out.asr[-1]
+    engine.on_transcript(
+        s, Transcript(session="s", turn=req.turn, text="hi", final=True, end=20000)
+    )
+    responder.deltas.put_nowait("The start of it. ")
+    await settle()
+    engine.on_vad(s, vad("speech_end", 20000))  # confirmed while the reply still streams
+    await settle()
+    assert [e for e in out.events if e["type"] == "reply"] == []
+    responder.deltas.put_nowait("And the rest.")
+    responder.deltas.put_nowait(None)
+    for _ in range(4):
+        await settle()
+    replies = [e for e in out.events if e["type"] == "reply"]
+    assert replies == [{"type": "reply", "text": "The start of it. And the rest."}]
 
 
 # --- per-turn log line and turn metrics (actors/router/turnlog.py) ----------------------------

@@ -337,7 +337,9 @@ class RouterActor(Actor):
             return
         actors = self.health_states(time.monotonic())
         ready = all(state == "up" for state in actors.values())
-        self._send("transport", MeshHealth(ready=ready, actors=actors))
+        model = getattr(self.responder, "model", "")  # the LLM's name; echo has none
+        responder = f"{self.responder.name}:{model}" if model else self.responder.name
+        self._send("transport", MeshHealth(ready=ready, actors=actors, responder=responder))
 
     # --- messages --------------------------------------------------------------------------
 

@@ -327,7 +327,8 @@ class TurnEngine:
             s.reply.released = True
             if s.reply.turn is not None:
                 s.reply.turn.release(self.clock.now())
-            self.out.event(s, events.Reply(text=s.reply.text).as_dict())
+            if s.reply.complete:  # else _stream_reply says it once it is (not twice)
+                self.out.event(s, events.Reply(text=s.reply.text).as_dict())
             self.out.to_transport(Release(session=s.id, epoch=s.epoch))
         s.history.append({"role": "user", "content": text})
 
@@ -558,7 +559,11 @@ class TurnEngine:
                 if reply.turn is not None:
                     reply.turn.finish(msg.reason, reply.text)
                 if not reply.adopted:  # an adopted reply's text died with the old router
-                    s.history.append({"role": "assistant", "content": _heard_text(reply, msg)})
+                    heard = _heard_text(reply, msg)
+                    s.history.append({"role": "assistant", "content": heard})
+                    if msg.reason == "interrupted":  # the page shows only what was heard
+                        ev = events.Heard(utterance_id=reply.utterance, text=heard)
+                        self.out.event(s, ev.as_dict())
                 if reply is s.reply:
                     s.reply = None
                 else:
@@ -613,11 +618,17 @@ async def _once(text: str) -> Any:
     yield text
 
 
+HEARD_CHARS_PER_S = 15  # about what Piper's and espeak's voices say per second
+
+
 def _heard_text(reply: Reply, ended: PlaybackEnded) -> str:
     """The part of the reply the user actually heard, by share of samples played."""
-    if ended.reason == "done" or reply.samples <= 0:
+    if ended.reason == "done" or not reply.text:
         return reply.text
-    share = min(1.0, ended.heard_samples / reply.samples)
-    cut = int(len(reply.text) * share)
+    if reply.samples > 0:
+        share = min(1.0, ended.heard_samples / reply.samples)
+        cut = int(len(reply.text) * share)
+    else:  # cut before the TTS had it all: its length is unknown, so by a speaking rate
+        cut = int(ended.heard_samples / 48000 * HEARD_CHARS_PER_S)
     heard = reply.text[:cut].rsplit(" ", 1)[0] if cut < len(reply.text) else reply.text
     return heard + "..." if heard != reply.text else heard

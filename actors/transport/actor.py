@@ -146,7 +146,12 @@ class TransportActor(Actor):
         self.sessions[session_id] = session
         self.stats.sessions_opened += 1
         if greet:
-            ready = events.Ready(session_id=session_id, sample_rate=OUT_RATE, frame_ms=FRAME_MS)
+            ready = events.Ready(
+                session_id=session_id,
+                sample_rate=OUT_RATE,
+                frame_ms=FRAME_MS,
+                responder=self.responder(),
+            )
             session.send_event(ready.as_dict())
         session.start()
         return session
@@ -246,6 +251,11 @@ class TransportActor(Actor):
                     )
                 )
 
+    def responder(self) -> str | None:
+        """What writes the replies, as the router last said (None: not heard from one yet)."""
+        mesh = self.mesh_health
+        return mesh.responder if mesh is not None and mesh.responder else None
+
     def info(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "port": self.port, **self.stats.summary()}
 
@@ -265,6 +275,7 @@ class TransportActor(Actor):
             "mesh_ready": bool(mesh is not None and mesh.ready),
             "actors": actors,
             "sessions": len(self.sessions),
+            "responder": self.responder(),  # the page shows it (LiveKit has no ready event)
         }
         return ok, detail
 

@@ -1,6 +1,6 @@
 // LiveKit transport (docs/client-protocol.md): WebRTC media both ways, events as reliable data packets with
 // topic `voxmesh`; the agent's audio is its `voxmesh` track.
-import { Room, RoomEvent, Track } from 'livekit-client';
+import { DisconnectReason, Room, RoomEvent, Track } from 'livekit-client';
 
 const TOPIC = 'voxmesh';
 const AGENT = 'voxmesh-agent';
@@ -8,7 +8,7 @@ const STATS_EVERY_MS = 1000;
 
 export class LiveKitTransport {
   /** @param {import('./main.js').Handlers} h @param {{url: string, token: string, room: string}} session */
-  constructor(h, session) {
+  constructor(h, session, opts = {}) {
     this.name = 'livekit';
     this.h = h;
     this.session = session;
@@ -17,7 +17,12 @@ export class LiveKitTransport {
     this.room = new Room({
       adaptiveStream: false,
       dynacast: false,
-      audioCaptureDefaults: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      audioCaptureDefaults: {
+        echoCancellation: true,
+        noiseSuppression: true,
+        autoGainControl: true,
+        ...(opts.deviceId ? { deviceId: opts.deviceId } : {}), // the microphone picked on the page
+      },
     });
   }
 
@@ -45,7 +50,16 @@ export class LiveKitTransport {
     room.on(RoomEvent.AudioPlaybackStatusChanged, () => {
       if (!room.canPlaybackAudio) this.h.onStatus('audio blocked by the browser: click Start');
     });
-    room.on(RoomEvent.Disconnected, (reason) => this.h.onClose(`livekit disconnected (${reason})`));
+    room.on(RoomEvent.Disconnected, (reason) => {
+      const name = DisconnectReason[reason] || String(reason);
+      // A token refused, or another tab took the identity: connecting again will not help.
+      const futile = ['JOIN_FAILURE', 'DUPLICATE_IDENTITY', 'CLIENT_INITIATED'].includes(name);
+      this.h.onClose(`LiveKit disconnected (${name})`, !futile);
+    });
+    // The agent lives in the voxmesh transport: when it leaves, the server went away.
+    room.on(RoomEvent.ParticipantDisconnected, (p) => {
+      if (p.identity === AGENT) this.h.onClose('the voxmesh agent left the room: the server went away');
+    });
 
     await room.connect(this.session.url, this.session.token, { autoSubscribe: true });
     await room.startAudio(); // we are inside the Start click, so autoplay is allowed
@@ -80,6 +94,7 @@ export class LiveKitTransport {
     watch.port.onmessage = (e) => e.data.type === 'onset' && this.h.onPlaybackStarted();
     src.connect(watch);
     watch.connect(ctx.destination); // silent; keeps the node pulled by the graph
+    this.h.onBotAudio(src, ctx);
     let last = null;
     this.statsTimer = setInterval(async () => {
       const s = await this.audioStats();

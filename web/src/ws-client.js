@@ -1,13 +1,32 @@
 // Direct WebSocket transport (docs/client-protocol.md): hello, s16le mic at the context rate, 48 kHz frames
 // played through the pcm-player worklet, `played` acks every ~100 ms.
 
-const MIC_CONSTRAINTS = {
-  audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+const MIC_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 };
+
+// What a close code means to a user (RFC 6455 and what the transport sends).
+const CLOSE_CODES = {
+  1000: 'the server ended the session',
+  1001: 'the server is stopping or restarting',
+  1006: 'the connection dropped without a word: the server went away or the network failed',
+  1008: 'refused by the server',
+  1009: 'a message was too big',
+  1011: 'the server hit an internal error',
+  1012: 'the server is restarting',
+  1013: 'the server is busy: try again later',
 };
+
+/** A close event as a sentence, and whether connecting again may help. */
+export function describeClose(e) {
+  const what = CLOSE_CODES[e.code] || 'the connection closed';
+  const said = e.reason ? `: "${e.reason}"` : '';
+  return { why: `${what} (WebSocket close ${e.code}${said})`, retry: e.code !== 1008 };
+}
+
+const HELLO_TIMEOUT_MS = 10000;
 
 export class WsTransport {
   /** @param {import('./main.js').Handlers} h @param {string} url */
-  constructor(h, url, token = null) {
+  constructor(h, url, token = null, opts = {}) {
     this.name = 'websocket';
     this.h = h;
     this.url = url;
@@ -17,6 +36,7 @@ export class WsTransport {
     this.ws = null;
     this.ctx = null;
     this.stream = null;
+    this.deviceId = opts.deviceId || null; // the microphone picked on the page
   }
 
   async start() {
@@ -32,9 +52,12 @@ export class WsTransport {
     });
     this.player.connect(ctx.destination);
     this.player.port.onmessage = (e) => this.onPlayer(e.data);
+    this.h.onBotAudio(this.player, ctx);
 
+    const audio = { ...MIC_CONSTRAINTS };
+    if (this.deviceId) audio.deviceId = { exact: this.deviceId };
     try {
-      this.stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+      this.stream = await navigator.mediaDevices.getUserMedia({ audio });
     } catch (err) {
       this.h.onStatus(`no microphone (${err.name}); text only`);
     }
@@ -49,18 +72,34 @@ export class WsTransport {
       this.h.onMicStream(this.stream, ctx);
     }
 
+    // Open, say hello, and wait for `ready` (or the error that refuses the session).
     await new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       ws.binaryType = 'arraybuffer';
+      let live = false; // `ready` came: from now on a close is news for the page
+      const timer = setTimeout(() => reject(new Error('the server did not answer hello')), HELLO_TIMEOUT_MS);
+      this.greeted = (ev) => {
+        clearTimeout(timer);
+        if (ev.type === 'ready') {
+          live = true;
+          resolve();
+        } else {
+          reject(new Error(`${ev.code}: ${ev.message}`));
+        }
+      };
       ws.onopen = () => {
         const hello = { type: 'hello', sample_rate: ctx.sampleRate };
         if (this.token) hello.token = this.token;
         ws.send(JSON.stringify(hello));
-        resolve();
       };
-      ws.onerror = () => reject(new Error(`WebSocket ${this.url} failed`));
-      ws.onclose = (e) => this.h.onClose(`websocket closed (${e.code})`);
+      ws.onerror = () => reject(new Error(`cannot reach the server (WebSocket ${this.url} failed)`));
+      ws.onclose = (e) => {
+        clearTimeout(timer);
+        const { why, retry } = describeClose(e);
+        if (live) this.h.onClose(why, retry);
+        else reject(new Error(`cannot reach the server (${why})`));
+      };
       ws.onmessage = (e) => this.onMessage(e.data);
     });
   }
@@ -78,6 +117,11 @@ export class WsTransport {
     }
     if (ev.type === 'clear') this.player.port.postMessage({ type: 'clear' });
     this.h.onEvent(ev);
+    if (this.greeted && (ev.type === 'ready' || ev.type === 'error')) {
+      const greeted = this.greeted;
+      this.greeted = null;
+      greeted(ev);
+    }
   }
 
   onPlayer(msg) {
@@ -103,7 +147,10 @@ export class WsTransport {
 
   async stop() {
     this.send({ type: 'bye' });
-    if (this.ws) this.ws.close(1000);
+    if (this.ws) {
+      this.ws.onclose = null; // ours: not news
+      this.ws.close(1000);
+    }
     if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
     if (this.ctx && this.ctx.state !== 'closed') await this.ctx.close();
   }
