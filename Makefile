@@ -49,7 +49,7 @@ $(SMART_TURN): | $(PYTHON_DEP)
 up: install
 	$(VOXMESH) up
 
-dev: $(STAMP)/dev
+dev: $(STAMP)/dev smart-turn
 
 $(STAMP)/dev: pyproject.toml $(PYTHON_DEP)
 	$(PIP) install -q -e '.[dev,console]'

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root is the package
 SOURCES = [
     p
     for p in ROOT.rglob("*.py")
-    if not {"tests", "node_modules", ".git", "build"} & set(p.relative_to(ROOT).parts)
+    if not {"tests", "node_modules", "build"} & set(p.relative_to(ROOT).parts)
+    and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)  # .git, .venv
 ]
 CALLS = {"ClientError", "error_event"}
 
