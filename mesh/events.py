@@ -13,10 +13,11 @@ The error codes themselves are ``voxmesh.mesh.errors`` (which builds ``Error`` e
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
+
+from .fieldcheck import checker
 
 
 class EventError(ValueError):
@@ -47,28 +48,6 @@ _OPTIONAL: dict[type[ServerEvent], frozenset[str]] = {}
 E = TypeVar("E", bound=type[ServerEvent])
 
 
-def _checker(tp: Any) -> Callable[[Any], bool]:
-    """A predicate for one annotated field type, on values as ``json.loads`` gives them."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        subs = [_checker(a) for a in typing.get_args(tp)]
-        return lambda v: any(s(v) for s in subs)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        return lambda v: isinstance(v, str) and v in allowed
-    if tp is type(None):
-        return lambda v: v is None
-    if tp is bool:
-        return lambda v: isinstance(v, bool)
-    if tp is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:  # JSON may write a whole float as an int
-        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return lambda v: isinstance(v, str)
-    raise TypeError(f"unsupported event field type {tp!r}")
-
-
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
 def event(name: str) -> Callable[[E], E]:
     """Class decorator: make a frozen dataclass and register it as event type ``name``."""
@@ -81,7 +60,7 @@ def event(name: str) -> Callable[[E], E]:
         hints = typing.get_type_hints(dc)
         fields = dataclasses.fields(dc)
         _REGISTRY[name] = dc
-        _CHECKERS[dc] = {f.name: _checker(hints[f.name]) for f in fields}
+        _CHECKERS[dc] = {f.name: checker(hints[f.name]) for f in fields}
         _OPTIONAL[dc] = frozenset(f.name for f in fields if f.default is None)
         return typing.cast(E, dc)
 

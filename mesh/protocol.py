@@ -14,12 +14,13 @@ fields, wrong types and unknown commands are errors. See docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
+
+from .fieldcheck import checker
 
 VERSION = b"VXM1"
 MAX_BODY_BYTES = 64 * 1024
@@ -46,35 +47,6 @@ _REQUIRED: dict[type[Message], frozenset[str]] = {}
 M = TypeVar("M", bound=type[Message])
 
 
-def _checker(tp: Any) -> Callable[[Any], bool]:
-    """A predicate for one annotated field type (the few shapes messages use)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        subs = [_checker(a) for a in typing.get_args(tp)]
-        return lambda v: any(s(v) for s in subs)
-    if tp is type(None):
-        return lambda v: v is None
-    if tp is bool:
-        return lambda v: isinstance(v, bool)
-    if tp is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:  # msgpack may carry a whole float as an int
-        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return lambda v: isinstance(v, str)
-    if tp is bytes:
-        return lambda v: isinstance(v, bytes)
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        check = _checker(item)
-        return lambda v: isinstance(v, list) and all(check(x) for x in v)
-    if origin is dict or tp is dict:
-        return lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)
-    if tp is Any:
-        return lambda v: True
-    raise TypeError(f"unsupported message field type {tp!r}")
-
-
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
 def message(msg_id: int) -> Callable[[M], M]:
     """Class decorator: make a frozen dataclass and register it under ``msg_id``."""
@@ -90,7 +62,7 @@ def message(msg_id: int) -> Callable[[M], M]:
         fields = dataclasses.fields(dc)
         _REGISTRY[msg_id] = dc
         _FIELDS[dc] = tuple(f.name for f in fields)
-        _CHECKERS[dc] = {f.name: _checker(hints[f.name]) for f in fields}
+        _CHECKERS[dc] = {f.name: checker(hints[f.name]) for f in fields}
         _REQUIRED[dc] = frozenset(
             f.name
             for f in fields

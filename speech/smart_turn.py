@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxmesh.speech.onnx import cpu_session
+
 if TYPE_CHECKING:
-    import onnxruntime
+    pass
 
 SAMPLE_RATE = 16000
 WINDOW = 8 * SAMPLE_RATE  # the model hears the last 8 s
@@ -98,18 +100,10 @@ class SmartTurn:
     """One ONNX session; ``probability`` is thread-safe (onnxruntime's run is)."""
 
     def __init__(self, path: str | Path | None = None, *, threads: int = 1) -> None:
-        import onnxruntime
-
-        opts = onnxruntime.SessionOptions()
         # One thread: the VAD actor shares a small box with ASR and TTS; a verdict in ~60 ms
         # is well inside the short silence it gates (docs/turn-taking.md).
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         self.path = model_path(path)
-        self.session: onnxruntime.InferenceSession = onnxruntime.InferenceSession(
-            str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(self.path, threads=threads)
 
     def probability(self, audio: np.ndarray) -> float:
         """Probability that the turn in ``audio`` (16 kHz, ending now) is complete."""

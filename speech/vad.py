@@ -19,6 +19,7 @@ import numpy as np
 
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.assets import silero_vad_path
+from voxmesh.speech.onnx import cpu_session
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -50,18 +51,10 @@ class SileroVad:
     """One shared ONNX session; every audio stream gets its own `VadStream` state."""
 
     def __init__(self, model_path: str | Path | None = None, *, intra_op_threads: int = 1) -> None:
-        import onnxruntime
-
-        opts = onnxruntime.SessionOptions()
         # One thread: the per-chunk graph is tiny, so extra threads cost more in wake-ups than
         # they save, and many sessions' streams share the box.
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         self.model_path = silero_vad_path(model_path)
-        self.session: onnxruntime.InferenceSession = onnxruntime.InferenceSession(
-            str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(self.model_path, threads=intra_op_threads)
 
     def new_stream(self) -> VadStream:
         return VadStream(self.session)
