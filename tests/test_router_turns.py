@@ -204,6 +204,58 @@ async def test_false_interruption_resumes_once_asr_hears_no_words() -> None:
     assert s.state == State.SPEAKING
 
 
+async def test_a_cough_resumes_at_its_first_silence_not_at_the_turn_end() -> None:
+    """The end of a turn may be a second away (an unfinished Smart Turn verdict): the burst is
+    judged at its first silence, and speech that goes on after the resume pauses again."""
+    engine, out, s = make(interrupt_ms=200)
+    await speak_turn(engine, out, s, "keep talking")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 52400))  # no speech_end yet
+    req = asr_answers(engine, out, s, "")
+    assert (req.end, req.final) == (52400, False)
+    assert s.state == State.SPEAKING and any(isinstance(m, Resume) for m in out.tts)
+    engine.on_vad(s, vad("speech_end", 52400))  # late: changes nothing
+    assert s.state == State.SPEAKING
+    out.tts.clear()
+    engine.on_vad(s, vad("speech_start", 60000))
+    engine.on_vad(s, vad("speech_pause", 61000))
+    engine.on_vad(s, vad("speech_resume", 61600))  # the burst goes on: not judged at 61000
+    assert s.state == State.PAUSED and s.burst_end is None
+    asr_answers(engine, out, s, "")  # the answer on the first silence comes late
+    assert s.state == State.PAUSED and not any(isinstance(m, Resume) for m in out.tts)
+
+
+async def test_speech_going_on_after_a_resume_at_a_pause_pauses_again() -> None:
+    engine, out, s = make(interrupt_ms=200)
+    await speak_turn(engine, out, s, "keep talking")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 52400))
+    asr_answers(engine, out, s, "")
+    assert s.state == State.SPEAKING
+    engine.on_vad(s, vad("speech_resume", 54000))  # the same VAD segment, speech again
+    assert s.state == State.PAUSED
+
+
+async def test_words_at_a_pause_interrupt_and_the_turn_waits_for_its_end() -> None:
+    """ "Stop, wait..." heard at the first silence stops the bot; the user's turn then ends
+    where the VAD ends it, with ASR already speculating on the pause."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "one two three")
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 54000))
+    asr_answers(engine, out, s, "Stop.")
+    assert any(isinstance(m, Stop) for m in out.tts)
+    assert s.state == State.USER_SPEAKING and s.pending_end == 54000
+    req = out.asr[-1]
+    assert (req.end, req.final) == (54000, True)
+    asr_answers(engine, out, s, "Stop, wait.")
+    engine.on_vad(s, vad("speech_end", 54000))
+    await settle()
+    assert s.state in (State.THINKING, State.SPEAKING)
+    finals = [e["text"] for e in out.events if e["type"] == "transcript" and e["final"]]
+    assert finals[-1] == "Stop, wait."
+
+
 async def test_words_heard_during_pause_confirm_the_interruption() -> None:
     engine, out, s = make(interrupt_ms=5000)
     await speak_turn(engine, out, s, "one two three")

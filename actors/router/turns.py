@@ -228,11 +228,27 @@ class TurnEngine:
         if s.state == State.USER_SPEAKING:
             s.pending_end = ev.sample
             self._request_asr(s, ev.sample, final=True)
+        elif s.state == State.PAUSED:
+            # Judge the burst at its first silence: the end of the *turn* may be up to
+            # vad.max_silence_ms away (an unfinished verdict), and a cough must not hold the
+            # reply that long.
+            self._burst_silent(s, ev.sample)
+
+    def _burst_silent(self, s: Session, sample: int) -> None:
+        """A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
+        heard the burst: a short word and a pause ("Stop, wait...") is an interruption."""
+        s.burst_end = sample
+        if not s.partial_inflight_since:
+            self._request_partial(s, self._barge_in_start(s), sample, self.clock.now())
 
     def _speech_resume(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = True
         if s.state == State.PAUSED and s.confirm_due:
             self._interrupt(s)
+        elif s.state == State.PAUSED:
+            s.burst_end = None  # the burst goes on: no resume on its first silence
+        elif s.state == State.SPEAKING:  # resumed at the burst's silence, and it goes on
+            self._speech_start(s, ev)
         elif s.state == State.USER_SPEAKING:
             s.pending_end = None
             if s.reply is not None:  # a reply pre-generated under HOLD: the turn goes on
@@ -242,11 +258,9 @@ class TurnEngine:
         s.vad_speaking = False
         self.out.event(s, events.Vad(event="speech_end", sample=ev.sample).as_dict())
         if s.state == State.PAUSED:
-            # A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
-            # heard the burst: a short word and a pause ("Stop, wait...") is an interruption.
-            s.burst_end = ev.sample
-            if not s.partial_inflight_since:
-                self._request_partial(s, self._barge_in_start(s), ev.sample, self.clock.now())
+            s.burst_over = True
+            if s.burst_end != ev.sample:  # not judged at its first silence already
+                self._burst_silent(s, ev.sample)
         elif s.state == State.USER_SPEAKING:
             self._turn_ended(s, ev.sample)
 
@@ -275,14 +289,17 @@ class TurnEngine:
 
     def _interrupt(self, s: Session) -> None:
         """A real interruption: the bot yields the floor to the user's new turn."""
-        burst_end = s.burst_end
+        burst_end, over = s.burst_end, s.burst_over
         s.cancel_timer()
         turnlog.barge_in(self._record(s), "stop")
         self._stop_output(s)
         self._new_turn(s, self._barge_in_start(s))
         self._set_state(s, State.USER_SPEAKING)
-        if burst_end is not None:  # the VAD has ended this speech already: so has the turn
+        if burst_end is not None and over:  # the VAD has ended this speech: so has the turn
             self._turn_ended(s, burst_end)
+        elif burst_end is not None:  # at a pause, as a user's turn is: ASR speculates on it
+            s.pending_end = burst_end
+            self._request_asr(s, burst_end, final=True)
 
     # --- ASR -------------------------------------------------------------------------------
 
