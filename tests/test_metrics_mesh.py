@@ -92,9 +92,16 @@ async def test_a_killed_router_is_counted_and_what_it_counted_stays(mesh: MeshPr
     async with await WsClient.connect(mesh.ws_url, sample_rate=RATE) as client:
         await client.say("Before the fault.")
         assert (await client.wait_event("audio_end", TURN_S))["reason"] == "done"
-    before = scrape(mesh.url)
+
+    # The router counts the turn when the transport tells it the playback ended, which can
+    # come a moment after the client's audio_end: wait (bounded) for the count to show.
+    def counted() -> str | None:
+        got = scrape(mesh.url)
+        done = sample(got, "voxmesh_turns_total", source="say", outcome="done")
+        return got if done is not None and done >= 1 else None
+
+    before = wait_for(counted, 5.0, "the say counted as a turn")
     said = sample(before, "voxmesh_turns_total", source="say", outcome="done")
-    assert said is not None and said >= 1
     for name in ACTORS:
         assert sample(before, "voxmesh_actor_restarts_total", actor=name) == 0, name
 
