@@ -65,7 +65,13 @@ async def test_turns_show_in_metrics_and_in_the_log(mesh: MeshProc) -> None:
         assert (await client.wait_event("audio_end", TURN_S, since=since))["reason"] == "done"
         session = client.session_id
 
-    text = scrape(mesh.url)
+    # A turn is counted on PLAYBACK_ENDED, a moment after the client's audio_end.
+    def counted() -> str | None:
+        got = scrape(mesh.url)
+        done = sample(got, "voxmesh_turns_total", source="text", outcome="done")
+        return got if done == 1 else None
+
+    text = wait_for(counted, 5.0, "the text turn counted")
     assert sample(text, "voxmesh_turns_total", source="voice", outcome="done") == 1
     assert sample(text, "voxmesh_turns_total", source="text", outcome="done") == 1
     server_v2v = sample(text, "voxmesh_voice_to_voice_seconds_sum", source="voice")
