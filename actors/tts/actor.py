@@ -34,8 +34,8 @@ from voxmesh.mesh.ring import RingSegment
 from voxmesh.mesh.settings import TtsSettings
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
-from .adapters import ENGINES
 from .adapters import engine as make_engine
+from .adapters import qualified, split_voice
 from .models import ModelManager
 from .streamer import Streamer
 
@@ -104,11 +104,13 @@ class TtsActor(Actor):
     # --- voices: "engine:voice" on the mesh, the engine's own name inside ------------------
 
     def qualified(self, voice: str) -> str:
-        return f"{self.engine.name}:{voice}"
+        return qualified(self.engine.name, voice)
 
     def local(self, voice: str) -> str:
-        """``voice`` without our engine's prefix ("" stays "": the default voice)."""
-        return voice.removeprefix(f"{self.engine.name}:")
+        """``voice`` without our engine's prefix ("" stays "": the default voice); another
+        engine's voice stays whole."""
+        owner, bare = split_voice(voice)
+        return bare if owner == self.engine.name else voice
 
     def handle(self, msg: Message) -> None:
         streamer = self.streamer
@@ -144,7 +146,7 @@ class TtsActor(Actor):
             self.counters.bump("unhandled")
 
     async def _load(self, voice: str, reply: Callable[[Message], bool]) -> None:
-        if voice.partition(":")[0] in ENGINES and ":" in voice:  # another engine's voice
+        if split_voice(voice)[0]:  # still qualified after local(): another engine's voice
             reply(self._model_info(f"{self.name} runs {self.engine.name}, not {voice!r}"))
             return
         try:
