@@ -2,11 +2,11 @@
 
 One module per command, named in ``COMMANDS`` (name -> (``module:attribute`` of its
 ``click.Command``, one-line help for ``voxmesh --help``)): ``up``, ``status``, ``say``,
-``talk``, ``console``, ``models``, ``bench``. A command's module is imported only when that
-command runs (or shows its own ``--help``); keep its top-level imports light anyway (click and
-the standard library): numpy, the mesh and the models are imported inside the command
-functions. To add a command,
-write its module and add one line to ``COMMANDS``.
+``talk``, ``console``, ``models``, ``bench``, ``keys``, ``worker``. A command's module is
+imported only when that command runs (or shows its own ``--help``); keep its top-level
+imports light anyway (click and the standard library): numpy, the mesh and the models are
+imported inside the command functions. To add a command, write its module and add one line
+to ``COMMANDS``.
 ``common`` holds what the modules share: ``CliError``, ``--config``/``--port``
 (``mesh_options``), ``load_config``, ``running_mesh`` and ``output_file``.
 
@@ -51,6 +51,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "models": ("voxmesh.cli.models:models", "list, load and unload the TTS actors' voices"),
     "bench": ("voxmesh.cli.bench:bench", "run the benchmarks (latency, jitter, scale)"),
+    "keys": ("voxmesh.cli.keys:keys", "make a CURVE key pair for a mesh or a worker"),
+    "worker": ("voxmesh.cli.worker:worker", "run one actor here for a mesh on another host"),
 }
 
 USAGE_ERROR = 2

@@ -24,6 +24,7 @@ class UpOptions(MeshOptions):
     tts: str | None = None
     livekit: bool = False
     allow_unauthenticated: bool = False
+    listen: str | None = None
 
 
 @click.command(
@@ -47,12 +48,19 @@ class UpOptions(MeshOptions):
     help="serve a non-loopback server.host without server.auth_token "
     "(server.allow_unauthenticated)",
 )
+@click.option(
+    "--listen",
+    metavar="tcp://HOST:PORT",
+    help="also take actors of other hosts there, CURVE-authenticated (remote.listen; needs "
+    "remote.key and remote.allowed: see `voxmesh keys`)",
+)
 def up(
     config: str | None,
     port: int | None,
     tts: str | None,
     livekit: bool,
     allow_unauthenticated: bool,
+    listen: str | None,
 ) -> int:
     options = UpOptions(
         config=config,
@@ -60,6 +68,7 @@ def up(
         tts=tts,
         livekit=livekit,
         allow_unauthenticated=allow_unauthenticated,
+        listen=listen,
     )
     return run_up(options)
 
@@ -72,15 +81,17 @@ def parse_up(argv: Sequence[str]) -> UpOptions:
 
 def up_config(options: UpOptions) -> Settings:
     """The config ``voxmesh up`` runs with, checked before anything binds (CliError, 2)."""
-    from voxmesh.supervisor.config import ConfigError, check_exposure
+    from voxmesh.supervisor.config import ConfigError, check_exposure, check_remote
 
     config = load_config(
         options,
         tts={"engine": options.tts} if options.tts else {},
         server={"allow_unauthenticated": True} if options.allow_unauthenticated else {},
+        remote={"listen": options.listen} if options.listen else {},
     )
     try:
         check_exposure(config)
+        check_remote(config)
     except ConfigError as exc:
         raise CliError(str(exc), code=2) from None
     return config

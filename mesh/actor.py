@@ -150,6 +150,7 @@ class Actor:
             heartbeat_info=self.info,
             on_down=self.on_router_down if which == "router" else lambda: None,
             on_welcome=self.on_router_welcome if which == "router" else lambda: None,
+            keys=self.place.curve() if which == "router" else None,
         )
 
     def _announce(self, which: str) -> None:

@@ -66,13 +66,54 @@ def remove_bells(segment_path: str) -> None:
             os.unlink(path)
 
 
-class Doorbell:
-    """This process's bell: ``wait()`` returns when someone rings it, ``wake()`` is called, or
-    ``SAFETY_S`` passes. Every task waiting at that moment wakes (a process has one bell for
-    all its rings; each task checks its own). A ring or ``wake()`` that finds nobody waiting
-    is kept for the next ``wait()``, so arming, checking and waiting need no lock."""
+class Bell:
+    """An in-process wake-up: ``wait()`` returns when ``wake()`` is called or after
+    ``timeout_s``. Every task waiting at that moment wakes (each checks its own condition).
+    A ``wake()`` that finds nobody waiting is kept for the next ``wait()``, so checking and
+    waiting need no lock. (A remote ring's writer waits on one for its credit.)"""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[bool]] = set()
+        self._pending = False
+
+    def wake(self) -> None:
+        """Wake every task in ``wait()`` now (or the next one): a change in this process."""
+        if not self._waiters:
+            self._pending = True
+            return
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            _settle(fut, True)
+
+    def _first_wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hook: the first wait, in the loop that will wait (a Doorbell watches its FIFO)."""
+
+    async def wait(self, timeout_s: float | None = SAFETY_S) -> bool:
+        """Sleep until rung or woken (True) or until ``timeout_s`` (False; None: no timer,
+        for a waiter with nothing armed); arm the rings (and check them) first."""
+        if self._pending:
+            self._pending = False
+            return True
+        loop = asyncio.get_running_loop()
+        self._first_wait(loop)
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiters.add(fut)
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, fut, False)
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiters.discard(fut)
+
+
+class Doorbell(Bell):
+    """This process's bell for its rings: a ``Bell`` that other processes ring through its
+    FIFO (``Bells``), or that ``SAFETY_S`` passing wakes. A process has one for all its
+    rings."""
 
     def __init__(self, segment_path: str) -> None:
+        super().__init__()
         self.id = (os.getpid() << 16) | (next(_serial) & 0xFFFF)
         self.path = bell_path(segment_path, self.id)
         self.rings = 0  # wake-ups that came through the FIFO
@@ -86,41 +127,15 @@ class Doorbell:
             os.unlink(self.path)
             raise
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: set[asyncio.Future[bool]] = set()
-        self._pending = False
 
     def fileno(self) -> int:
         """The FIFO's read end: readable while a ring is not taken yet."""
         return self._fd
 
-    def wake(self) -> None:
-        """Wake every task in ``wait()`` now (or the next one): a change in this process."""
-        if not self._waiters:
-            self._pending = True
-            return
-        waiters, self._waiters = self._waiters, set()
-        for fut in waiters:
-            _settle(fut, True)
-
-    async def wait(self, timeout_s: float | None = SAFETY_S) -> bool:
-        """Sleep until rung or woken (True) or until ``timeout_s`` (False; None: no timer,
-        for a waiter with nothing armed); arm the rings (and check them) first."""
-        if self._pending:
-            self._pending = False
-            return True
-        loop = asyncio.get_running_loop()
+    def _first_wait(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
             loop.add_reader(self._fd, self._on_readable)
             self._loop = loop
-        fut: asyncio.Future[bool] = loop.create_future()
-        self._waiters.add(fut)
-        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, fut, False)
-        try:
-            return await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._waiters.discard(fut)
 
     def _on_readable(self) -> None:
         # One read takes every ring so far; a ring after it leaves the FIFO readable, and

@@ -15,6 +15,12 @@ what it sends is held (a few messages, a few seconds, a bounded number of strang
 than served. When it then proves itself the held messages are served in order: that is how
 a request the transport sent while this hub was restarting is not lost. A flood from a
 stranger costs it its own messages.
+
+Remote peers (docs/protocol.md section 5). With ``remote`` the same ROUTER socket also binds
+a tcp endpoint as a CURVE server, behind pyzmq's ZAP authenticator and an allow-list of
+client keys (mesh/curve.py). A peer that came in that way carries the key it authenticated
+with (ZeroMQ's ``User-Id`` property) and READYs without a token: the key is its credential.
+It may only be of the kinds ``remote.kinds`` names and may not take a local peer's name.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from . import auth, protocol
+from . import auth, curve, protocol
 from .protocol import Goodbye, Heartbeat, Hello, Message, ProtocolError, Ready
 from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
 
@@ -47,6 +53,18 @@ class Peer:
     liveness: int = 3
     ready_at: float = 0.0
     identity: bytes = b""  # the socket identity it READYed on: where messages to it go
+    key: str = ""  # a remote peer: the CURVE public key it authenticated with (z85)
+
+
+@dataclass(frozen=True)
+class RemoteBind:
+    """A tcp endpoint for peers on other hosts, CURVE with an allow-list (mesh/curve.py)."""
+
+    endpoint: str
+    key_file: str  # the mesh's secret key file (server side)
+    allowed_dir: str  # the directory of allowed client public keys
+    kinds: frozenset[str] = frozenset({"tts"})  # what a remote peer may READY as
+    local_names: frozenset[str] = frozenset()  # names a remote peer may never take
 
 
 @dataclass
@@ -74,8 +92,10 @@ class Hub:
         secret: str | None = None,
         open_kinds: frozenset[str] = frozenset(),
         hold_s: float = HOLD_S,
+        remote: RemoteBind | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.remote = remote
         self.secret = secret
         self.open_kinds = open_kinds  # kinds that may READY without a token (read-only clients)
         self.hold_s = hold_s
@@ -93,6 +113,18 @@ class Hub:
         configure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.bind(endpoint)
+        self._auth = None
+        if remote is not None:
+            try:
+                allowed = curve.AllowList(remote.allowed_dir, self.counters)
+                self._auth = curve.start_authenticator(context, allowed)  # before the bind
+                curve.as_server(sock, remote.key_file)
+                sock.bind(remote.endpoint)
+            except BaseException:
+                if self._auth is not None:
+                    self._auth.stop()
+                sock.close(linger=0)
+                raise
         self._sock: zmq.Socket[bytes] = sock
         self._readable = Readable(sock, self.drain)
         self._next_heartbeat = time.monotonic() + heartbeat_s
@@ -100,6 +132,8 @@ class Hub:
     def close(self) -> None:
         self._readable.close()
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
 
     def send(self, name: str, msg: Message) -> bool:
         return self.send_frames(name, protocol.encode(msg), type(msg).__name__)
@@ -149,8 +183,8 @@ class Hub:
 
     def drain(self) -> None:
         now = time.monotonic()
-        batch = recv_all(self._sock)
-        for frames in batch:
+        batch = self._recv()
+        for frames, key in batch:
             if len(frames) < 2:
                 log_drop(self.counters, "malformed", "message without identity")
                 continue
@@ -158,7 +192,7 @@ class Hub:
             name = self._names.get(identity)
             known = self.peers.get(name) if name is not None else None
             if known is None:  # checked before any decoding: a flood costs next to nothing
-                self._stranger(identity, frames[1:], now)
+                self._stranger(identity, frames[1:], now, key)
                 continue
             try:
                 msg = protocol.decode(frames[1:])
@@ -166,13 +200,27 @@ class Hub:
                 log_drop(self.counters, "malformed", f"from {name}: {exc}")
                 continue
             if isinstance(msg, Ready):
-                self._ready(identity, msg, now)
+                self._ready(identity, msg, now, key)
                 continue
             known.last_seen = now
             known.liveness = self.liveness_max
             self._serve(known, msg)
         if len(batch) == RECV_BATCH:
             self._readable.kick()  # more is waiting: come back after the loop's other work
+
+    def _recv(self) -> list[tuple[list[bytes], str]]:
+        """Waiting messages, each with the CURVE key its peer authenticated with ("": a
+        local peer). Only a hub with a remote endpoint pays for the frame objects."""
+        if self.remote is None:
+            return [(frames, "") for frames in recv_all(self._sock)]
+        out: list[tuple[list[bytes], str]] = []
+        try:
+            while len(out) < RECV_BATCH and int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                out.append(([p.bytes for p in parts], _user_id(parts[-1])))
+        except zmq.Again:
+            pass
+        return out
 
     def _serve(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Heartbeat):
@@ -183,9 +231,13 @@ class Hub:
         else:
             self._on_message(peer, msg)
 
-    def _ready(self, identity: bytes, msg: Ready, now: float) -> None:
+    def _ready(self, identity: bytes, msg: Ready, now: float, key: str = "") -> None:
+        if key and not self._remote_ok(msg, key):
+            self._strangers.pop(identity, None)
+            return
         if (
-            self.secret is not None
+            not key  # a remote peer's CURVE key is its credential
+            and self.secret is not None
             and msg.kind not in self.open_kinds
             and not auth.verify(self.secret, msg.name, msg.token)
         ):
@@ -201,8 +253,10 @@ class Hub:
         if old is not None and old.identity != identity:
             log.info("hub: %s (pid %d) replaces pid %d", msg.name, msg.pid, old.pid)
         peer = Peer(
-            msg.name, msg.kind, msg.pid, dict(msg.info), now, self.liveness_max, now, identity
+            msg.name, msg.kind, msg.pid, dict(msg.info), now, self.liveness_max, now, identity, key
         )
+        if key:
+            log.info("hub: remote %s %s (pid %d) joined, key %s", msg.kind, msg.name, msg.pid, key)
         self.peers[msg.name] = peer
         self._names[identity] = msg.name
         self._send_to(identity, protocol.encode(Heartbeat(info=self._heartbeat_info())), "ack")
@@ -221,7 +275,22 @@ class Hub:
                     self.counters.bump("held_served")
                     self._serve(peer, early)
 
-    def _stranger(self, identity: bytes, frames: list[bytes], now: float) -> None:
+    def _remote_ok(self, msg: Ready, key: str) -> bool:
+        """May a CURVE-authenticated peer READY as this kind and name?"""
+        assert self.remote is not None
+        old = self.peers.get(msg.name)
+        if msg.kind not in self.remote.kinds:
+            why = f"kind {msg.kind!r} (remote peers may be {', '.join(sorted(self.remote.kinds))})"
+        elif msg.name in self.remote.local_names or (old is not None and not old.key):
+            why = f"the name of local actor {msg.name!r}"
+        elif old is not None and old.key != key:
+            why = f"the name of {msg.name!r}, which joined with another key"
+        else:
+            return True
+        log_drop(self.counters, "refused", f"remote Ready as {msg.name!r}: {why}")
+        return False
+
+    def _stranger(self, identity: bytes, frames: list[bytes], now: float, key: str) -> None:
         """A message from a peer we do not know (we restarted, or it is not of the mesh):
         a READY is looked at (within the stranger's budget), anything else is held as it
         came, undecoded, until the stranger proves itself."""
@@ -247,7 +316,7 @@ class Hub:
                 log_drop(self.counters, "malformed", f"from {identity[:40]!r}: {exc}")
                 return
             assert isinstance(msg, Ready)
-            self._ready(identity, msg, now)
+            self._ready(identity, msg, now, key)
             return
         while stranger.held and now - stranger.held[0][0] > self.hold_s:
             stranger.held_bytes -= sum(len(f) for f in stranger.held.popleft()[1])
@@ -280,3 +349,11 @@ class Hub:
                 self._on_lost(peer)
                 continue
             self.send_frames(peer.name, beat, "Heartbeat")
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The ZAP User-Id of a message's connection ("" on a NULL-mechanism endpoint)."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:  # EINVAL: no such property (ipc, no ZAP)
+        return ""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import protocol
+from . import curve, protocol
 from .protocol import Heartbeat, Hello, Message, ProtocolError
 from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
 
@@ -44,8 +44,10 @@ class Link:
         heartbeat_info: Callable[[], dict[str, object]] = dict,
         on_down: Callable[[], None] = lambda: None,
         on_welcome: Callable[[], None] = lambda: None,
+        keys: curve.ClientKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._keys = keys  # CURVE client keys (a tcp link to another host)
         self._on_down = on_down  # the peer is gone (disconnected, or silent too long)
         self._on_welcome = on_welcome  # the peer answered our announcement
         self.identity = identity
@@ -72,6 +74,8 @@ class Link:
         """Create, connect and announce (call from the loop's thread)."""
         sock = self._ctx.socket(zmq.DEALER)
         configure(sock)
+        if self._keys is not None:
+            curve.as_client(sock, self._keys)
         # A fresh, unguessable routing identity per socket: the hub knows us by the name in
         # our READY, and nobody else can claim our route by connecting with that name.
         sock.setsockopt(zmq.IDENTITY, f"{self.identity}.{secrets.token_hex(8)}".encode())

@@ -278,6 +278,7 @@ class Speak(Message):
     last: bool = True
     voice: str = ""
     chunk: int = 0  # index of this chunk within the utterance (for SPEAK_PROGRESS)
+    generation: int = 0  # the slot's generation: a remote TTS stamps its FRAMEs with it
 
 
 @message(0x21)
@@ -410,6 +411,7 @@ class Transcript(Message):
     final: bool
     end: int
     elapsed_ms: float = 0.0
+    no_speech: float = 0.0  # Whisper's no-speech probability of the window (0: not known)
 
 
 # --- models (0x40-0x4f) ---------------------------------------------------------------------
@@ -443,3 +445,37 @@ class ModelInfo(Message):
     resident: list[str]
     error: str = ""
     actor: str = ""  # who answers (set by the TTS actor)
+
+
+# --- the data plane beyond one host (0x50-0x5f): on the bridge's data socket only ----------
+
+
+@message(0x50)
+class Frame(Message):
+    """Remote TTS -> bridge: one 20 ms out frame for ``slot`` (docs/protocol.md section 5).
+
+    ``seq`` counts this writer's frames of (slot, generation) from 0 on one connection; the
+    writer sends ``seq < granted`` only (the last CREDIT, or ``INITIAL_CREDIT`` before one).
+    """
+
+    session: str
+    slot: int
+    generation: int
+    epoch: int
+    utterance: int
+    flags: int
+    seq: int
+    pcm: bytes  # 960 samples, s16 little-endian, 48 kHz mono
+
+
+@message(0x51)
+class Credit(Message):
+    """Bridge -> remote TTS: it may send the frames of (slot, generation) below ``granted``."""
+
+    slot: int
+    generation: int
+    granted: int
+    capacity: int = 0  # the out ring's size in frames (for the writer's bookkeeping)
+
+
+INITIAL_CREDIT = 16  # frames a writer may send of a new (slot, generation) before any CREDIT

@@ -79,6 +79,17 @@ class ServerSettings:
     slow_reader_s: float = setting(
         5.0, "a client whose writes stay blocked this long is dropped (1008)", low=0.001
     )
+    aec: Literal["server", "client", "off"] = setting(
+        "server",
+        "echo cancellation for a WebSocket client whose hello names none: server (AEC3 here), "
+        "client (it cancels its own), off",
+    )
+    aec_gate_db: float = setting(
+        6.0, "after AEC, mic audio this far below the echo level is residual echo, not the user"
+    )
+    aec_hangover_ms: int = setting(
+        100, "once the user is heard over the bot, the residual gate stays open this long", low=0
+    )
 
 
 @dataclass(frozen=True)
@@ -239,6 +250,11 @@ class TtsSettings:
         )
 
 
+def _agent_name(value: str) -> str | None:
+    # LiveKit dispatches every room that names no agent to the empty name: POST /session's too.
+    return None if value.strip() else "must not be empty (that name gets every room)"
+
+
 @dataclass(frozen=True)
 class LiveKitSettings:
     """[livekit]: serve LiveKit rooms too (a server of yours, or one started by --livekit)."""
@@ -251,6 +267,56 @@ class LiveKitSettings:
     port: int = setting(0, "--livekit server port; 0: a free one", low=0, high=65535)
     rtc_tcp_port: int = setting(0, "--livekit media TCP port; 0: a free one", low=0, high=65535)
     rtc_udp_port: int = setting(0, "--livekit media UDP port; 0: a free one", low=0, high=65535)
+    dispatch: bool = setting(
+        False, "also take rooms LiveKit dispatches to agent_name (an agent worker; docs/browser.md)"
+    )
+    agent_name: str = setting(
+        "voxmesh",
+        "the agent name rooms ask for (CreateRoomRequest.agents); every node of a pool shares it",
+        check=_agent_name,
+    )
+
+
+def _tcp(value: str) -> str | None:
+    if not value:
+        return None
+    host, _, port = value.removeprefix("tcp://").rpartition(":")
+    if value.startswith("tcp://") and host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return 'must be "tcp://HOST:PORT" (or empty)'
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """[remote]: actors on other hosts join over tcp with CURVE (docs/protocol.md section 5)."""
+
+    listen: str = setting(
+        "", "tcp://HOST:PORT where the router takes remote actors; empty: one host", check=_tcp
+    )
+    data: str = setting(
+        "", "tcp://HOST:PORT of the audio bridge; empty: listen's port + 1", check=_tcp
+    )
+    key: str = setting(
+        "", "this mesh's secret key file (`voxmesh keys DIR` makes server.key_secret)"
+    )
+    allowed: str = setting("", "directory of the public key files (*.key) of workers let in")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """[worker]: `voxmesh worker KIND` on another host joins the mesh at `connect`."""
+
+    connect: str = setting("", "tcp://HOST:PORT of the mesh's remote.listen", check=_tcp)
+    data: str = setting(
+        "", "tcp://HOST:PORT of its audio bridge; empty: connect's port + 1", check=_tcp
+    )
+    key: str = setting("", "this worker's secret key file (`voxmesh keys DIR --name NAME`)")
+    server_key: str = setting("", "the mesh's public key file (server.key from its keys DIR)")
+    name: str = setting("", "the actor's name on the mesh; empty: KIND@HOSTNAME")
+    restart_max: int = setting(
+        5, "restarts within restart_window_s before the worker gives up", low=0
+    )
+    restart_window_s: float = setting(60.0, "window of restart_max", low=1.0)
 
 
 @dataclass(frozen=True)
@@ -265,6 +331,8 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     livekit: LiveKitSettings = field(default_factory=LiveKitSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> Settings:
         """A validated copy with some keys replaced: ``s.replace(tts={"engine": "mock"})``."""
@@ -276,11 +344,14 @@ class Settings:
         return convert(Settings, data, origin="overrides")
 
 
-SectionName = Literal["server", "mesh", "log", "vad", "asr", "router", "tts", "livekit"]
+SectionName = Literal[
+    "server", "mesh", "log", "vad", "asr", "router", "tts", "livekit", "remote", "worker"
+]
 
 # actor kind -> the sections it is given (the router reads two keys of [asr] and [tts])
 SECTIONS: dict[str, tuple[SectionName, ...]] = {
-    "router": ("log", "router", "asr", "tts"),
+    "router": ("log", "router", "asr", "tts", "remote"),
+    "bridge": ("log", "remote"),
     "transport": ("log", "server", "livekit"),
     "vad": ("log", "vad"),
     "asr": ("log", "asr"),

@@ -12,9 +12,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from .curve import ClientKeys
 from .settings import section
 
 T = TypeVar("T")
+
+
+def data_endpoint(control: str, data: str = "") -> str:
+    """The audio bridge's endpoint: ``data``, else the control endpoint's port + 1."""
+    if data:
+        return data
+    host, _, port = control.rpartition(":")
+    return f"{host}:{int(port) + 1}"
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,17 @@ class MeshPlace:
     liveness: int = 3  # heartbeats missed before a peer is presumed dead
     secret: str | None = None  # this run's mesh secret (mesh/auth.py)
     hold_s: float = 3.0  # how long a request waits for an actor that is away (mesh.hold_s)
+    # Beyond one host (docs/protocol.md section 5): a worker reaches the router over tcp as a
+    # CURVE client (z85 keys) and sends its audio to the bridge at ``data``, not to a ring.
+    curve_server: str = ""  # the mesh's public key; empty: no CURVE (ipc on one host)
+    curve_public: str = ""
+    curve_secret: str = ""
+    data: str = ""  # the audio bridge's endpoint; empty: this host's ring segment
+
+    def curve(self) -> ClientKeys | None:
+        if not self.curve_server:
+            return None
+        return ClientKeys(self.curve_server, self.curve_public, self.curve_secret)
 
 
 @dataclass

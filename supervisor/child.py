@@ -39,6 +39,7 @@ FACTORIES: dict[str, str] = {
     "vad": "voxmesh.actors.vad:build",
     "asr": "voxmesh.actors.asr:build",
     "tts": "voxmesh.actors.tts.actor:build",
+    "bridge": "voxmesh.actors.bridge:build",
 }
 PARENT_ENV = "VOXMESH_SUPERVISOR_PID"
 # JSON {kind: "module:function"} adding to or replacing FACTORIES: actors of your own (the

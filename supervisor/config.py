@@ -119,3 +119,21 @@ def check_exposure(settings: Settings) -> None:
         )
     if server.metrics_auth and not server.auth_token:
         raise ConfigError("server.metrics_auth = true needs a server.auth_token to check")
+
+
+def check_remote(settings: Settings) -> None:
+    """``remote.listen`` needs the mesh's key pair and the allow-list, readable now."""
+    from voxmesh.mesh import curve
+
+    remote = settings.remote
+    if not remote.listen:
+        return
+    try:
+        curve.read_pair(remote.key)
+    except curve.KeyError_ as exc:
+        raise ConfigError(f"remote.listen needs remote.key: {exc}") from None
+    if not remote.allowed or not os.path.isdir(remote.allowed):
+        raise ConfigError(
+            f"remote.listen needs remote.allowed, a directory of the workers' public keys "
+            f"(*.key); {remote.allowed!r} is not one"
+        )

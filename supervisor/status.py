@@ -88,6 +88,7 @@ def format_table(status: Status) -> str:
     header = (
         "ACTOR",
         "KIND",
+        "HOST",
         "PID",
         "STATE",
         "SERVING",
@@ -104,6 +105,7 @@ def format_table(status: Status) -> str:
             (
                 str(actor.get("name", "?")),
                 str(actor.get("kind", "?")),
+                str(actor.get("host", "") or "-"),
                 _pids(actor),
                 str(actor.get("state", "?")),
                 str(actor.get("serving", "-")),

@@ -64,6 +64,7 @@ from .metricsdir import MetricsDir
 from .process import ManagedProcess, State
 from .services import Service
 
+HOST = socket.gethostname()  # shown beside each local actor (remote ones say their own)
 log = logging.getLogger("voxmesh.supervisor")
 
 TICK_S = 0.05
@@ -474,7 +475,11 @@ class Supervisor:
                 row["serving"] = "up" if ours and proc.state is State.RUNNING else "restarting"
             else:
                 row["serving"] = str(serving.get(proc.name, "restarting" if not router else "-"))
+            row["host"] = HOST
             rows.append(row)
+        # Actors of other hosts (`voxmesh worker`), as the router knows them.
+        for peer in router.info.get("remote", []) if router else []:
+            rows.append({**peer, "state": "remote", "serving": "up", "restarts": 0})
         info: dict[str, Any] = {
             "pid": os.getpid(),
             "state": "stopping" if self._stopping else "up" if self._announced else "starting",

@@ -3,8 +3,9 @@
 The router first (it binds the control socket), then transport, vad, asr and the TTS
 actors: one per ``[[tts.actors]]`` table, else one per GPU, else a single ``tts0`` on the
 CPU; each pinned to its device with ``CUDA_VISIBLE_DEVICES`` ("" on the CPU).
-The router learns which actors to expect from its spec's ``expected`` (the names of every
-other actor), so it can tell the transport when the whole mesh is up. Each actor is given
+With ``remote.listen`` the audio ``bridge`` runs too (actors/bridge.py). The router learns
+which actors to expect from its spec's ``expected`` (the names of every other actor), so it
+can tell the transport when the whole mesh is up. Each actor is given
 only its own settings sections (``mesh/settings.py`` ``SECTIONS``).
 """
 
@@ -20,6 +21,7 @@ from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
 ROUTER = "router"
 FIXED_ACTORS = ("transport", "vad", "asr")  # (name == kind) started after the router
+BRIDGE = "bridge"  # (name == kind) only with remote.listen: actors on other hosts
 
 
 def detect_gpus() -> list[str]:
@@ -62,7 +64,9 @@ def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> l
     """Every actor's spec, in start order (the router first)."""
     mesh = settings.mesh
     tts = tts_actors(settings.tts)
-    names = [ROUTER, *FIXED_ACTORS, *(name for name, _ in tts)]
+    # remote.listen: the audio bridge takes the frames of TTS actors on other hosts
+    extra = (BRIDGE,) if settings.remote.listen else ()
+    names = [ROUTER, *FIXED_ACTORS, *extra, *(name for name, _ in tts)]
     place = MeshPlace(
         router=f"ipc://{run_dir}/router.sock",
         supervisor=f"ipc://{run_dir}/supervisor.sock",
@@ -90,6 +94,6 @@ def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> l
 
     return [
         spec(ROUTER, ROUTER),
-        *(spec(kind, kind) for kind in FIXED_ACTORS),
+        *(spec(kind, kind) for kind in (*FIXED_ACTORS, *extra)),
         *(spec("tts", name, own) for name, own in tts),
     ]

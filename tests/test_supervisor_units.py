@@ -99,6 +99,7 @@ def test_status_table() -> None:
                 "info": {"sessions": 2},
                 "heartbeat_age_s": 0.2,
                 "standby_pid": 11,
+                "host": "box1",
             },
             {
                 "name": "asr",
@@ -117,6 +118,7 @@ def test_status_table() -> None:
     assert lines[0].split() == [
         "ACTOR",
         "KIND",
+        "HOST",
         "PID",
         "STATE",
         "SERVING",
@@ -128,6 +130,7 @@ def test_status_table() -> None:
     assert lines[1].split() == [
         "router",
         "router",
+        "box1",
         "10+11",
         "running",
         "up",
@@ -137,7 +140,7 @@ def test_status_table() -> None:
         "0.2s",
         "ago",
     ]
-    assert lines[2].split() == ["asr", "asr", "-", "backoff", "restarting", "3", "-", "-", "-"]
+    assert lines[2].split() == ["asr", "asr", "-", "-", "backoff", "restarting", "3", "-", "-", "-"]
     assert "supervisor pid 9" in lines[-1] and "http://h:1/" in lines[-1]
 
 

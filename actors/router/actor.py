@@ -21,7 +21,7 @@ from voxmesh.mesh import events
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.clock import LoopClock
 from voxmesh.mesh.errors import ErrorCode, error_event
-from voxmesh.mesh.hub import Hub, Peer
+from voxmesh.mesh.hub import Hub, Peer, RemoteBind
 from voxmesh.mesh.protocol import (
     ClientEvent,
     ClientInterrupt,
@@ -41,7 +41,7 @@ from voxmesh.mesh.protocol import (
     VadEvent,
 )
 from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, RingSegment
-from voxmesh.mesh.settings import AsrSettings, RouterSettings, TtsSettings
+from voxmesh.mesh.settings import AsrSettings, RemoteSettings, RouterSettings, TtsSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
 
@@ -85,8 +85,10 @@ class RouterActor(Actor):
         responder: Responder,
         turn: TurnConfig | None = None,
         expected: list[str] | None = None,
+        remote: RemoteBind | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
+        self.remote = remote  # a tcp endpoint for actors on other hosts (mesh/hub.py)
         # The router binds ``place.router``: it does not link to a router itself.
         super().__init__(name, dataclasses.replace(place, router=None), context=context)
         assert place.router is not None, "the router needs an endpoint to bind"
@@ -129,7 +131,10 @@ class RouterActor(Actor):
             heartbeat_info=self.info,
             secret=self.secret,
             hold_s=self.hold_s,
+            remote=self.remote,
         )
+        if self.remote is not None:
+            log.info("router: remote actors on %s (CURVE)", self.remote.endpoint)
         self.every(self.heartbeat_s / 5, self._tick)
         self.every(1.0, lambda now: self._publish_health())
 
@@ -150,7 +155,28 @@ class RouterActor(Actor):
             "states": states,
             "peers": peers,
             "health": self.health_states(time.monotonic()),  # voxmesh status shows it
+            "remote": self.remote_peers(),
         }
+
+    def remote_peers(self) -> list[dict[str, Any]]:
+        """The actors that joined over tcp, as `voxmesh status` lists them."""
+        if self.hub is None:
+            return []
+        now = time.monotonic()
+        return [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "pid": p.pid,
+                "host": str(p.info.get("host", "")),
+                "key": p.key,
+                "uptime_s": round(now - p.ready_at, 3),
+                "heartbeat_age_s": round(now - p.last_seen, 3),
+                "info": p.info,
+            }
+            for p in self.hub.peers.values()
+            if p.key
+        ]
 
     def _tick(self, now: float) -> None:
         assert self.hub is not None
@@ -458,12 +484,21 @@ def build(spec: ActorSpec) -> RouterActor:
     turn = TurnConfig.of(
         router, spec.section(AsrSettings), spec.section(TtsSettings), spec.place.hold_s
     )
+    remote = spec.section(RemoteSettings)
     return RouterActor(
         spec.name,
         spec.place,
         responder=make_responder(router),
         turn=turn,
         expected=spec.expected,
+        remote=RemoteBind(
+            remote.listen,
+            remote.key,
+            remote.allowed,
+            local_names=frozenset([spec.name, *spec.expected]),
+        )
+        if remote.listen
+        else None,
     )
 
 

@@ -81,7 +81,33 @@ FILLERS = frozenset(
 def has_words(text: str) -> bool:
     """Does ASR's ``text`` hold a word? Fillers, and the lone letters Whisper writes for a
     hum or an "ah" ("H", "X", "I"), do not count."""
-    return any(w not in FILLERS and len(w) > 1 for w in normalize_text(text))
+    return bool(_words(text))
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in normalize_text(text) if w not in FILLERS and len(w) > 1]
+
+
+# What a listener says to keep the speaker going: heard alone during a reply, the bot
+# carries on (docs/turn-taking.md).
+BACKCHANNELS = frozenset(
+    {"yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure", "alright", "see", "cool"}
+    | {"nice", "wow", "exactly", "totally", "true", "gotcha"}  # "mm-hmm", "uh-huh": FILLERS
+)
+# A single word Whisper decodes from a window it finds this likely to hold no speech is a
+# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5).
+NO_SPEECH_WORD = 0.5
+# A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
+BACKCHANNEL_MAX_S = 1.5
+
+
+def interrupts(text: str, no_speech: float = 0.0) -> bool:
+    """Do these words, heard over the bot, take the floor? Backchannels and fillers do not,
+    nor one word in a window Whisper calls likely silence."""
+    words = _words(text)
+    if len(words) == 1 and no_speech >= NO_SPEECH_WORD:
+        return False
+    return any(w not in BACKCHANNELS for w in words)
 
 
 # ASR hears a barge-in from this long before the VAD's onset: Silero starts late on soft
@@ -205,6 +231,7 @@ class TurnEngine:
             turnlog.barge_in(self._record(s), "pause")
             s.onset_sample = ev.sample
             s.cancel_timer()
+            s.onset_at = self.clock.now()
             s.confirm_timer = self.clock.call_later(
                 self.cfg.interrupt_min_ms / 1000, self._confirm_due, s
             )
@@ -276,7 +303,10 @@ class TurnEngine:
         s.confirm_timer = None
         if s.state != State.PAUSED:
             return
-        if s.vad_speaking:
+        # Speech this long interrupts, unless ASR is judging it or heard only a backchannel
+        # ("okaaay" outlasts interrupt_min_ms): then its answer, the burst's end or
+        # BACKCHANNEL_MAX_S decides (poll_partials).
+        if s.vad_speaking and not (s.backchannel or s.partial_inflight_since):
             self._interrupt(s)
         else:
             s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
@@ -315,10 +345,14 @@ class TurnEngine:
                 return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
                 self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
-            if s.state == State.PAUSED and has_words(tr.text):
-                self._interrupt(s)  # ASR hears words: not a cough
+            if s.state == State.PAUSED and interrupts(tr.text, tr.no_speech):
+                self._interrupt(s)  # ASR hears words: not a cough, not a backchannel
             elif s.state == State.PAUSED and s.burst_end is not None:
                 self._resume(s)
+            elif s.state == State.PAUSED:
+                s.backchannel = s.backchannel or has_words(tr.text)
+                if s.confirm_due and s.vad_speaking and not s.backchannel:
+                    self._interrupt(s)  # the judged speech goes on, and is no backchannel
             return
         s.transcripts[tr.end] = tr.text
         s.asr_s[tr.end] = tr.elapsed_ms / 1000
@@ -351,6 +385,9 @@ class TurnEngine:
 
     def poll_partials(self, s: Session, now: float) -> None:
         if s.state not in (State.USER_SPEAKING, State.PAUSED):
+            return
+        if s.state == State.PAUSED and s.vad_speaking and now - s.onset_at >= BACKCHANNEL_MAX_S:
+            self._interrupt(s)  # no backchannel goes on this long
             return
         interval = self.cfg.partial_interval_ms / 1000
         stale = now - s.partial_inflight_since > 2 * interval
@@ -445,6 +482,7 @@ class TurnEngine:
                 last=last,
                 voice=reply.voice,
                 chunk=len(reply.sent),
+                generation=s.generation,
             )
             first = False
             async with reply.lock:  # one sender at a time: chunks reach the TTS in order

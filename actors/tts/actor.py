@@ -30,6 +30,7 @@ from voxmesh.mesh.protocol import (
     Speak,
     Stop,
 )
+from voxmesh.mesh.remote_ring import RemoteSegment
 from voxmesh.mesh.ring import RingSegment
 from voxmesh.mesh.settings import TtsSettings
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
@@ -68,16 +69,24 @@ class TtsActor(Actor):
             resident_max=own.resident_max,
             idle_ttl_s=cfg.idle_ttl_s,
         )
-        self.segment: RingSegment | None = None
+        self.segment: RingSegment | RemoteSegment | None = None
         self.streamer: Streamer | None = None
 
     async def prepare(self) -> None:
         await self.models.start()  # the default voice and the preload list, warmed up
 
     async def on_start(self) -> None:
-        self.segment = RingSegment.attach(self.segment_name)
+        segment: RingSegment | RemoteSegment
+        if self.place.data:  # on a worker host: frames go to the session host's bridge
+            segment = RemoteSegment(
+                self.context, self.place.data, self.place.curve(), self.counters
+            )
+            segment.open()
+        else:
+            segment = RingSegment.attach(self.segment_name)
+        self.segment = segment
         self.streamer = Streamer(
-            self.segment,
+            segment,
             self.models,
             send=self.send,
             poll_control=self.poll_control,
@@ -116,6 +125,8 @@ class TtsActor(Actor):
         streamer = self.streamer
         assert streamer is not None  # links open only after on_start
         if isinstance(msg, Speak):
+            if isinstance(self.segment, RemoteSegment):
+                self.segment.note(msg.slot, msg.generation, msg.session)
             streamer.speak(dataclasses.replace(msg, voice=self.local(msg.voice)), time.monotonic())
         elif isinstance(msg, Pause):
             streamer.pause(msg)
@@ -185,6 +196,7 @@ class TtsActor(Actor):
             "load": streamer.load() if streamer else 0,
             "sessions": len(streamer.sessions) if streamer else 0,
             "first_frame_ms": self.first_frame_ms(),
+            "remote": bool(self.place.data),
             "counters": dict(self.counters),
         }
 

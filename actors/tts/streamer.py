@@ -32,13 +32,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from voxmesh.mesh import metrics
+from voxmesh.mesh.doorbell import Bell
 from voxmesh.mesh.protocol import Message, Pause, Resume, Speak, SpeakDone, SpeakProgress, Stop
-from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, OUT_FRAME_SAMPLES, OUT_WRITER, RingSegment
+from voxmesh.mesh.ring import FLAG_FIRST, FLAG_LAST, OUT_FRAME_SAMPLES, OUT_WRITER
 from voxmesh.mesh.sockets import Counters
 
 from .models import ModelManager
@@ -50,6 +51,41 @@ FRAME = OUT_FRAME_SAMPLES
 # its doorbell): one wake-up per 320 ms of playback rather than one per frame.
 REFILL_FRAMES = 16
 AHEAD_S = 10.0  # synthesized audio kept ahead of the writer, per session
+
+
+class OutRingLike(Protocol):
+    """What the writer needs of a slot's out ring: this host's (mesh/ring.py ``OutRing``) or
+    one on the session host across the network (mesh/remote_ring.py)."""
+
+    capacity: int
+
+    @property
+    def head(self) -> int: ...
+    def free(self) -> int: ...
+    def arm(self, entry: int, bell: Any, target: int) -> bool: ...
+    def write(
+        self, payload: bytes, *, epoch: int = ..., utterance: int = ..., flags: int = ...
+    ) -> int: ...
+
+
+class SlotLike(Protocol):
+    @property
+    def generation(self) -> int: ...
+    @property
+    def out(self) -> OutRingLike: ...
+
+
+class SlotsLike(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> SlotLike: ...
+
+
+class SegmentLike(Protocol):
+    """A ring segment as the writer sees it (mesh/ring.py ``RingSegment``, or a remote one)."""
+
+    @property
+    def slots(self) -> SlotsLike: ...
+    def doorbell(self) -> Bell: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +191,7 @@ def as_pcm(piece: Any) -> np.ndarray:
 class Streamer:
     def __init__(
         self,
-        segment: RingSegment,
+        segment: SegmentLike,
         models: ModelManager,
         *,
         send: Callable[[Message], bool],
