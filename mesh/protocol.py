@@ -436,6 +436,8 @@ class ModelUnload(Message):
 class ModelList(Message):
     """Ask a TTS actor which models it knows and which are resident."""
 
+    actor: str = ""  # (relayed through the router to a TTS actor on another host)
+
 
 @message(0x43)
 class ModelInfo(Message):

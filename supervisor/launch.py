@@ -291,3 +291,58 @@ def _short_dir(preferred: Path) -> Path:
     if len(str(preferred / "supervisor.sock")) <= IPC_PATH_MAX:
         return preferred
     return Path(tempfile.mkdtemp(prefix="vxm-")) / "run"
+
+
+class WorkerProcess:
+    """``voxmesh worker tts`` as if on another host: in a mount namespace with its own empty
+    /dev/shm (no ring segment of this host is visible to it), optionally inside the network
+    namespace ``netns`` (``ip netns``). Its own session, so ``kill()`` takes every process
+    of it at once, as a host going away would; ``kill()`` always reaps."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        connect: str,
+        key: Path,
+        server_key: Path,
+        name: str,
+        engine: str = "mock",
+        env: Mapping[str, str] | None = None,
+        netns: str | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"worker-{name}.log"
+        argv = [sys.executable, "-m", "voxmesh", "worker", "tts", "--connect", connect]
+        argv += ["--key", str(key), "--server-key", str(server_key)]
+        argv += ["--name", name, "--engine", engine]
+        unshare = ["unshare", "--mount", "--propagation", "private"]
+        if os.geteuid() != 0:
+            unshare.append("--map-root-user")  # an unprivileged user namespace allows the mount
+        script = 'mount -t tmpfs tmpfs /dev/shm && exec "$@"'
+        cmd = [*unshare, "--", "sh", "-c", script, "sh", *argv]
+        if netns is not None:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""

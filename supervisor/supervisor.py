@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -423,8 +424,11 @@ class Supervisor:
             self._hub.send(peer.name, self.status())
         elif isinstance(msg, (ModelLoad, ModelUnload, ModelList)) and peer.kind == "client":
             self._relay_model_command(peer, msg)
-        elif isinstance(msg, ModelInfo) and peer.kind == "tts":
-            askers = self._model_askers.get(peer.name)
+        elif isinstance(msg, ModelInfo) and peer.kind in ("tts", topology.ROUTER):
+            # (the router relays the answers of TTS actors on other hosts)
+            askers = self._model_askers.get(
+                msg.actor if peer.kind == topology.ROUTER else peer.name
+            )
             if askers:  # answers come in the order asked (one command at a time per client)
                 self._hub.send(askers.pop(0), msg)
 
@@ -434,6 +438,13 @@ class Supervisor:
         voice resident); its ModelInfo goes back to the asker."""
         assert self._hub is not None
         tts = [p for p in self._hub.peers.values() if p.kind == "tts"]
+        router = self._hub.peers.get(topology.ROUTER)
+        remote = {str(r["name"]): r for r in router.info.get("remote", [])} if router else {}
+        tts += [
+            Peer(name, "tts", int(r.get("pid", 0)), dict(r.get("info") or {}))
+            for name, r in remote.items()
+            if r.get("kind") == "tts"
+        ]
         wanted = getattr(msg, "actor", "")
         model = getattr(msg, "model", "")
         if wanted:
@@ -452,7 +463,11 @@ class Supervisor:
         askers = self._model_askers.setdefault(target.name, [])
         if len(askers) < MAX_MODEL_ASKERS:
             askers.append(asker.name)
-            self._hub.send(target.name, msg)
+            if target.name in remote:  # on another host: through the router, which reaches it
+                msg = dataclasses.replace(msg, actor=target.name)
+                self._hub.send(topology.ROUTER, msg)
+            else:
+                self._hub.send(target.name, msg)
         else:
             self._hub.send(asker.name, ModelInfo([], [], error=f"{target.name} is busy; retry"))
 

@@ -2,8 +2,9 @@
 
 The worker host shares no memory with the session host: it runs under ``unshare --mount``
 with a fresh tmpfs on ``/dev/shm`` (so no ring segment of the session host is visible to
-it), and talks to the mesh only over loopback tcp with CURVE. ``RemoteWorker`` always
-kills its whole process group on the way out and reaps it, whatever the test did.
+it; supervisor/launch.py ``WorkerProcess``), and talks to the mesh only over loopback tcp
+with CURVE. ``RemoteWorker`` always kills its whole process group on the way out and reaps
+it, whatever the test did.
 
     keys = MeshKeys.make(tmp_path)                   # the mesh's pair + an allow-list dir
     config = remote_config(keys, port)               # [remote] + tts.devices = "none"
@@ -14,11 +15,7 @@ kills its whole process group on the way out and reaps it, whatever the test did
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 from meshproc import MeshProc, wait_for
 
 from voxmesh.mesh import curve
+from voxmesh.supervisor.launch import WorkerProcess
 
 JOIN_S = 30.0  # a worker's READY seen in `voxmesh status` (it loads its engine first)
 
@@ -69,17 +67,8 @@ def remote_config(keys: MeshKeys, port: int, **extra: dict[str, Any]) -> dict[st
     return config
 
 
-def _namespaced(argv: list[str]) -> list[str]:
-    """``argv`` in a private mount namespace with its own, empty /dev/shm."""
-    unshare = ["unshare", "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        unshare.append("--map-root-user")  # an unprivileged user namespace gives the mount
-    script = 'mount -t tmpfs tmpfs /dev/shm && exec "$@"'
-    return [*unshare, "--", "sh", "-c", script, "sh", *argv]
-
-
-class RemoteWorker:
-    """``voxmesh worker tts`` on its "own host"; its log is ``log_path``."""
+class RemoteWorker(WorkerProcess):
+    """``voxmesh worker tts`` on its "own host" (supervisor/launch.py), for a ``with``."""
 
     def __init__(
         self,
@@ -92,50 +81,21 @@ class RemoteWorker:
         *,
         engine: str = "mock",
     ) -> None:
-        self.name = name
-        self.log_path = tmp_path / f"worker-{name}.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "voxmesh",
-            "worker",
-            "tts",
-            "--connect",
-            f"tcp://127.0.0.1:{port}",
-            "--key",
-            str(key),
-            "--server-key",
-            str(keys.server_public),
-            "--name",
-            name,
-            "--engine",
-            engine,
-        ]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                _namespaced(argv),
-                env=mesh.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: killed as a whole host would be
-            )
+        super().__init__(
+            tmp_path,
+            connect=f"tcp://127.0.0.1:{port}",
+            key=key,
+            server_key=keys.server_public,
+            name=name,
+            engine=engine,
+            env=mesh.env,
+        )
 
     def __enter__(self) -> RemoteWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-    def kill(self) -> None:
-        """The host goes away: SIGKILL to every process of the worker, then reap."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def status(mesh: MeshProc) -> dict[str, Any]:

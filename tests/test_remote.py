@@ -79,6 +79,11 @@ async def test_say_is_spoken_by_the_remote_worker(remote_mesh: tuple[MeshProc, s
     listed = mesh.cli("models", "list", "--json", "--port", str(mesh.port))
     assert listed.returncode == 0, listed.stderr
     assert any(r["name"] == "w1" for r in json.loads(listed.stdout)), listed.stdout
+    # a voice loaded on the remote worker: the command reaches it through the router
+    port = ("--port", str(mesh.port))
+    loaded = mesh.cli("models", "load", "mock:mock2", "--actor", "w1", "--json", *port)
+    assert loaded.returncode == 0, loaded.stderr + loaded.stdout
+    assert "mock:mock2" in json.loads(loaded.stdout)["resident"], loaded.stdout
 
 
 async def test_interrupt_across_the_hop_stops_within_a_frame(

@@ -29,6 +29,10 @@ from voxmesh.mesh.protocol import (
     ClientVoice,
     MeshHealth,
     Message,
+    ModelInfo,
+    ModelList,
+    ModelLoad,
+    ModelUnload,
     PeerGone,
     PlaybackEnded,
     PlaybackStarted,
@@ -288,6 +292,14 @@ class RouterActor(Actor):
     # --- peers -----------------------------------------------------------------------------
 
     def handle_supervisor(self, msg: Message) -> None:
+        if isinstance(msg, (ModelLoad, ModelUnload, ModelList)) and self.hub is not None:
+            # `voxmesh models` for a TTS actor on another host: only we can reach it.
+            target = self.hub.peers.get(getattr(msg, "actor", "") or "")
+            if target is None or not target.key or target.kind != "tts":
+                self._to_supervisor(ModelInfo([], [], error="no such remote TTS actor"))
+            else:
+                self._send(target.name, msg)
+            return
         if not isinstance(msg, PeerGone) or self.hub is None:
             self.counters.bump("unhandled")
             return
@@ -376,8 +388,16 @@ class RouterActor(Actor):
             self.counters.bump("handler_errors")
             log.exception("router: error handling %s from %s", type(msg).__name__, peer.name)
 
+    def _to_supervisor(self, msg: Message) -> None:
+        link = self.links.get("supervisor")
+        if link is not None:
+            link.send(msg)
+
     def _dispatch_message(self, peer: Peer, msg: Message) -> None:
         log.debug("router: %s from %s", type(msg).__name__, peer.name)
+        if isinstance(msg, ModelInfo) and peer.key and peer.kind == "tts":
+            self._to_supervisor(msg)  # the answer to a relayed `voxmesh models` command
+            return
         sender = SENDERS.get(type(msg))
         if sender is None:
             self.counters.bump("unexpected")
