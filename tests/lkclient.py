@@ -87,7 +87,14 @@ class LkClient(EventLog):
             body = await r.json()
             if r.status != 200:
                 raise RuntimeError(f"POST /session: HTTP {r.status} {body}")
-        client = cls(body)
+        return await cls.enter(body, mic=mic, timeout=timeout)
+
+    @classmethod
+    async def enter(
+        cls, session: dict[str, str], *, mic: bool = True, timeout: float = 10.0
+    ) -> LkClient:
+        """Join the room of ``session`` (``url``, ``token``), start the mic."""
+        client = cls(session)
         try:
             await client._connect(mic, timeout)
         except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from .session import Session
 
 if TYPE_CHECKING:
     from .livekit_bridge import LiveKitBridge
+    from .livekit_dispatch import DispatchWorker
 
 
 log = logging.getLogger("voxmesh.transport")
@@ -63,6 +65,7 @@ class TransportActor(Actor):
         self.auth_token = cfg.auth_token
         self.metrics_auth = cfg.metrics_auth  # GET /metrics needs the token too
         self.slow_reader_s = cfg.slow_reader_s
+        self.settings = cfg  # read per session: echo cancellation (server.aec*)
         self.livekit = livekit if livekit is not None and livekit.url else None
         host, port = cfg.host, cfg.port
         hold_s = place.hold_s
@@ -72,6 +75,7 @@ class TransportActor(Actor):
         self.sessions: dict[str, Session] = {}
         self.segment: RingSegment | None = None
         self.bridge: LiveKitBridge | None = None
+        self.dispatch: DispatchWorker | None = None  # an agent worker of LiveKit's dispatch
         self.mesh_health: MeshHealth | None = None
         self.hold_s = hold_s
         # Client requests waiting for the router to come back: (when, session, message).
@@ -109,8 +113,19 @@ class TransportActor(Actor):
         except BaseException:
             await self.on_stop()
             raise
+        if self.bridge is not None and self.livekit is not None and self.livekit.dispatch:
+            from .livekit_dispatch import DispatchWorker
+
+            node = f"{socket.gethostname()}:{self.port}"  # the port is bound only now
+            self.dispatch = DispatchWorker(
+                self.bridge, self, agent_name=self.livekit.agent_name, node=node
+            )
+            self.spawn(self.dispatch.run())
 
     async def on_stop(self) -> None:
+        if self.dispatch is not None:  # first: no new rooms while the others end
+            await self.dispatch.aclose()
+            self.dispatch = None
         if self.bridge is not None:
             await self.bridge.aclose()
             self.bridge = None
@@ -123,11 +138,14 @@ class TransportActor(Actor):
 
     # --- sessions ---------------------------------------------------------------------------
 
-    async def open_session(self, link: ClientLink, *, client: str, greet: bool) -> Session:
-        """Claim a slot, tell the router, start pacing. Raises ClientError(NO_SLOT)."""
-        if self.segment is None or not self._free_slots:
+    async def open_session(
+        self, link: ClientLink, *, client: str, greet: bool, reserved: int | None = None
+    ) -> Session:
+        """Claim a slot (or take the ``reserved`` one), tell the router, start pacing.
+        Raises ClientError(NO_SLOT)."""
+        if self.segment is None or (reserved is None and not self._free_slots):
             raise ClientError(ErrorCode.NO_SLOT, "every session slot is in use; try again later")
-        index = self._free_slots.pop(0)
+        index = self._free_slots.pop(0) if reserved is None else reserved
         slot = self.segment.slots[index]
         generation = slot.claim()
         session_id = secrets.token_hex(4)
@@ -154,6 +172,7 @@ class TransportActor(Actor):
             )
             session.send_event(ready.as_dict())
         session.start()
+        self._slots_changed()
         return session
 
     async def _livekit_opener(self, link: ClientLink) -> Session:
@@ -162,8 +181,33 @@ class TransportActor(Actor):
     def session_closed(self, session: Session) -> None:
         if self.sessions.pop(session.session_id, None) is not None:
             self.stats.sessions_closed += 1
-            self._free_slots.append(session.slot.index)
-            self._free_slots.sort()
+            self.release_slot(session.slot.index)
+
+    # Slots for sessions still to come (livekit_dispatch.Slots): a room LiveKit offers us
+    # takes one when we say yes, so the yes holds however many rooms are offered at once.
+
+    def reserve_slot(self) -> int | None:
+        if self.segment is None or not self._free_slots:
+            return None
+        index = self._free_slots.pop(0)
+        self._slots_changed()
+        return index
+
+    def release_slot(self, index: int) -> None:
+        self._free_slots.append(index)
+        self._free_slots.sort()
+        self._slots_changed()
+
+    def slot_usage(self) -> tuple[int, int]:
+        total = len(self.segment.slots) if self.segment is not None else 0
+        return total - len(self._free_slots), total
+
+    async def open_reserved(self, link: ClientLink, index: int) -> Session:
+        return await self.open_session(link, client="livekit", greet=False, reserved=index)
+
+    def _slots_changed(self) -> None:
+        if self.dispatch is not None:
+            self.dispatch.slots_changed()
 
     async def livekit_session(self) -> dict[str, str] | None:
         if self.bridge is None:

@@ -1,8 +1,14 @@
 """LiveKit transport: one agent participant per session bridges WebRTC to the transport core.
 
-`LiveKitBridge.create_session()` (behind `POST /session`) makes a fresh room, mints a token
-for one user participant and starts an agent that joins as `voxmesh-agent`. Once the user is
-in, the agent opens a core session through the `SessionOpener` and then:
+An `Agent` joins one room as `voxmesh-agent` and serves one user there; `AgentJob` says which
+room, with which token, whom, and how to open the core session. Two ways make one:
+
+- `LiveKitBridge.create_session()` (behind `POST /session`) makes a fresh room, mints a token
+  for one user participant, and the room is the agent's own (deleted when the session ends);
+- a job LiveKit dispatched to this node (`livekit_dispatch.py`): someone else's room and the
+  token from the assignment; the user is whoever joins first that is not an agent.
+
+Once the user is in, the agent opens a core session through the job's opener and then:
 
 - the user's first audio track  -> `SessionHandle.push_mic` (PCM, with its rate),
 - data packets, topic `voxmesh` -> `SessionHandle.client_message` (one JSON object each),
@@ -11,8 +17,8 @@ in, the agent opens a core session through the `SessionOpener` and then:
 - `ClientLink.clear`            -> `AudioSource.clear_queue()` plus a `clear` event.
 
 When the user leaves (or sends `bye`, or the room goes away, or anything fails) the
-session handle is closed, the agent disconnects and the room is deleted. All calls run on
-one asyncio loop.
+session handle is closed, the agent disconnects and its own room is deleted. All calls run
+on one asyncio loop.
 
 Presence: livekit-server announces a participant that publishes nothing only in a batch every
 3 s (a publisher at once), and one that joins and leaves inside a batch is never announced.
@@ -27,6 +33,7 @@ import json
 import logging
 import secrets
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -67,8 +74,32 @@ async def receive_stats(track: rtc.Track) -> dict[str, float] | None:
     return None
 
 
+@dataclass(frozen=True)
+class AgentJob:
+    """One room for an `Agent` to serve."""
+
+    room: str
+    url: str  # where the agent connects
+    token: str  # the agent's join token for `room`
+    opener: SessionOpener  # opens the core session once the user is in
+    user: str | None = None  # None: the first participant to join that is not an agent
+    owns_room: bool = False  # delete the room at the end (the rooms POST /session made)
+
+
+# Never the one served: agents (ours, another worker's) and recorders. (The rtc SDK and the
+# server API number participant kinds alike.)
+_NOT_PEOPLE = (
+    rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
+    rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS,
+)
+
+
+def is_person(identity: str, kind: int) -> bool:
+    return identity != AGENT_IDENTITY and kind not in _NOT_PEOPLE
+
+
 class LiveKitBridge:
-    """Creates LiveKit sessions for the transport; one `_Agent` per room."""
+    """Creates LiveKit sessions for the transport; one `Agent` per room."""
 
     QUEUE_MS = 100  # AudioSource queue: what a barge-in can still play out before clear()
     CONNECT_TIMEOUT_S = 10.0
@@ -92,7 +123,7 @@ class LiveKitBridge:
         self.api_key = api_key
         self.api_secret = api_secret
         self._api: api.LiveKitAPI | None = None
-        self._agents: set[_Agent] = set()
+        self._agents: set[Agent] = set()
         self._closed = False
 
     @property
@@ -129,14 +160,22 @@ class LiveKitBridge:
                 name=room, empty_timeout=30, departure_timeout=5, max_participants=2
             )
         )
-        agent = _Agent(self, room, user)
+        token = self.token(AGENT_IDENTITY, room)
+        await self.start_agent(AgentJob(room, self.url, token, self.opener, user, owns_room=True))
+        return {"url": self.public_url, "token": self.token(user, room), "room": room}
+
+    async def start_agent(self, job: AgentJob) -> Agent:
+        """Join `job.room` as the agent; returns once in, the session then runs by itself."""
+        if self._closed:
+            raise RuntimeError("LiveKitBridge is closed")
+        agent = Agent(self, job)
         self._agents.add(agent)
         try:
             await agent.start()
         except BaseException:
             await agent.close()
             raise
-        return {"url": self.public_url, "token": self.token(user, room), "room": room}
+        return agent
 
     async def warm_up(self) -> None:
         """Load the WebRTC engine now, before the actor serves: it is a large native
@@ -168,7 +207,7 @@ class LiveKitBridge:
 class _AgentLink:
     """The `ClientLink` the core gets for a LiveKit session."""
 
-    def __init__(self, agent: _Agent) -> None:
+    def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._clears = 0  # bumped by clear(): tells a capture in flight that it is stale
         self._capture_failed = False
@@ -178,9 +217,11 @@ class _AgentLink:
         if a.closed:
             return
         payload = json.dumps(event, separators=(",", ":"))
+        # Not known yet (a dispatched room's first packet came before its sender): everyone.
+        to = [a.user] if a.user is not None else []
         try:
             await a.room.local_participant.publish_data(
-                payload, reliable=True, topic=TOPIC, destination_identities=[a.user]
+                payload, reliable=True, topic=TOPIC, destination_identities=to
             )
         except Exception as e:  # a vanished peer must not take the core's task down
             log.warning("livekit %s: publish_data failed: %r", a.room_name, e)
@@ -211,13 +252,14 @@ class _AgentLink:
         await self.send_event(events.Clear().as_dict())
 
 
-class _Agent:
+class Agent:
     """The `voxmesh-agent` participant of one room, and that session's lifetime."""
 
-    def __init__(self, bridge: LiveKitBridge, room_name: str, user: str) -> None:
+    def __init__(self, bridge: LiveKitBridge, job: AgentJob) -> None:
         self.bridge = bridge
-        self.room_name = room_name
-        self.user = user
+        self.job = job
+        self.room_name = job.room
+        self.user = job.user  # found out when None (see _is_user)
         self.room = rtc.Room()
         self.source = rtc.AudioSource(OUT_RATE, 1, queue_size_ms=bridge.QUEUE_MS)
         self.link = _AgentLink(self)
@@ -230,6 +272,7 @@ class _Agent:
         self._mic_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()  # cleaned up: everything released
         self._bg: set[asyncio.Task[None]] = set()
         self._user_seen = False  # present at some point (API, SDK or a data packet)
         on = self.room.on
@@ -243,10 +286,7 @@ class _Agent:
 
     async def start(self) -> None:
         b = self.bridge
-        await asyncio.wait_for(
-            self.room.connect(b.url, b.token(AGENT_IDENTITY, self.room_name)),
-            b.CONNECT_TIMEOUT_S,
-        )
+        await asyncio.wait_for(self.room.connect(self.job.url, self.job.token), b.CONNECT_TIMEOUT_S)
         track = rtc.LocalAudioTrack.create_audio_track(TOPIC, self.source)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await asyncio.wait_for(
@@ -276,10 +316,23 @@ class _Agent:
                 self._task.cancel()
         await self._cleanup()
 
+    async def wait_closed(self) -> None:
+        """Until the session has ended and everything is released."""
+        await self._done.wait()
+
     # -- room events (sync callbacks from the SDK) ------------------------------------------
 
     def _is_user(self, p: rtc.Participant | None) -> bool:
-        return p is not None and p.identity == self.user
+        if p is None:
+            return False
+        if self.user is None and is_person(p.identity, p.kind):
+            self._adopt(p.identity)
+        return p.identity == self.user
+
+    def _adopt(self, identity: str) -> None:
+        # A dispatched room: the one served is whoever came first; later ones are ignored.
+        self.user = identity
+        log.info("livekit %s: serving %s", self.room_name, identity)
 
     def _on_participant(self, p: rtc.RemoteParticipant) -> None:
         # ACTIVE = its data channel is up, so events sent from now on reach it.
@@ -309,8 +362,9 @@ class _Agent:
                 self._mic_task = None
 
     def _on_data(self, pkt: rtc.DataPacket) -> None:
-        # participant is None while the user is not announced yet; the room admits only the
-        # agent and the user (max_participants=2), so such a packet is the user's too.
+        # participant is None while the user is not announced yet; a room of ours admits only
+        # the agent and the user (max_participants=2), so such a packet is the user's too (in
+        # a dispatched room: of the one the agent serves, or else of the first in the room).
         if pkt.topic != TOPIC or self.closed:
             return
         if pkt.participant is not None and not self._is_user(pkt.participant):
@@ -353,31 +407,48 @@ class _Agent:
 
     async def _watch_presence(self) -> None:
         """Server-side truth on the user while the SDK has not announced them (see top)."""
-        req = api.RoomParticipantIdentity(room=self.room_name, identity=self.user)
         while not self._stopping.is_set():
-            if self.user not in self.room.remote_participants:  # else SDK events tell us
-                try:
-                    info = await self.bridge.lkapi.room.get_participant(req)
-                except api.TwirpError as e:
-                    if e.code != api.TwirpErrorCode.NOT_FOUND:
-                        log.warning("livekit %s: get_participant: %s", self.room_name, e)
-                    elif self._user_seen:
+            if self.user is None or self.user not in self.room.remote_participants:
+                try:  # (else SDK events tell us)
+                    info = await self._user_info()
+                except Exception as e:
+                    log.warning("livekit %s: participant lookup: %r", self.room_name, e)
+                else:
+                    if info is None and self._user_seen:
                         log.info("livekit %s: user left unannounced", self.room_name)
                         self._stop()
-                except Exception as e:
-                    log.warning("livekit %s: get_participant: %r", self.room_name, e)
-                else:
-                    self._user_seen = True
-                    if info.state == api.ParticipantInfo.State.ACTIVE:
-                        self._user_ready.set()
+                    elif info is not None:
+                        self._user_seen = True
+                        if info.state == api.ParticipantInfo.State.ACTIVE:
+                            self._user_ready.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.bridge.PRESENCE_POLL_S)
+
+    async def _user_info(self) -> api.ParticipantInfo | None:
+        """The user as the server sees them (the first person in the room while we do not
+        know who); None when not in the room."""
+        rooms = self.bridge.lkapi.room
+        if self.user is None:
+            listed = await rooms.list_participants(api.ListParticipantsRequest(room=self.room_name))
+            people = [p for p in listed.participants if is_person(p.identity, p.kind)]
+            if not people:
+                return None
+            if self.user is None:  # (the SDK may have told us meanwhile)
+                self._adopt(people[0].identity)
+            return next((p for p in people if p.identity == self.user), None)
+        try:
+            req = api.RoomParticipantIdentity(room=self.room_name, identity=self.user)
+            return await rooms.get_participant(req)
+        except api.TwirpError as e:
+            if e.code == api.TwirpErrorCode.NOT_FOUND:
+                return None
+            raise
 
     async def _run(self) -> None:
         try:
             if not await self._wait_user():
                 return
-            self._handle = await self.bridge.opener(self.link)
+            self._handle = await self.job.opener(self.link)
             log.info("livekit %s: session %s open", self.room_name, self._handle.session_id)
             self._start_mic()
             while (msg := await self._inbox.get()) is not None:
@@ -448,6 +519,8 @@ class _Agent:
             await asyncio.wait_for(self.room.disconnect(), timeout)
         with contextlib.suppress(Exception):
             await self.source.aclose()
-        await b._delete_room(self.room_name)
+        if self.job.owns_room:
+            await b._delete_room(self.room_name)
         b._agents.discard(self)
+        self._done.set()
         log.info("livekit %s: closed", self.room_name)
