@@ -23,6 +23,7 @@ SCENARIO_MODULES = (
     "voice_scenarios",
     "turns",
     "tts_actors",
+    "remote",
     "faults",
     "soak",
 )
