@@ -168,3 +168,26 @@ def test_text_logs_name_the_process(
     err = capsys.readouterr().err
     assert "quiet" not in err
     assert f"supervisor[{os.getpid()}] WARNING voxmesh.supervisor: vad exited" in err
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() -> None:
+    """docs/grafana-dashboard.json: every series it queries is in a real scrape."""
+    import re
+
+    dash = json.loads((Path(__file__).parent.parent / "docs/grafana-dashboard.json").read_text())
+    metrics.TURNS.labels(source="say", outcome="done").inc(0)  # labelled families show up
+    metrics.BARGE_INS.labels(action="pause").inc(0)
+    metrics.ACTOR_RESTARTS.labels(actor="asr").inc(0)
+    metrics.ASR.labels(kind="final").observe(0.1)
+    metrics.VOICE_TO_VOICE.labels(source="say").observe(0.1)
+    stats = TransportStats()
+    stats.client_errors["bad_json"] += 1
+    text = transport_text(stats)  # the transport's families and this process's metrics
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        for name in re.findall(r"voxmesh_\w+", expr):
+            assert re.search(rf"^{name}[{{ ]", text, re.M), f"{name} is in no scrape ({expr})"
+        for label in re.findall(r"by \(([\w, ]+)\)", expr):
+            for key in (k.strip() for k in label.split(",") if k.strip() != "le"):
+                assert f"{key}=" in text, f"label {key!r} of {expr} is in no scrape"
