@@ -22,13 +22,16 @@ PIP := $(PYTHON) -m pip --disable-pip-version-check
 BIN := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 APT_NEED := bash scripts/apt-need.sh
-# for the tests: espeak-ng (test speech), PortAudio (voxmesh console); chromium (the page test)
-APT_DEV := espeak-ng=espeak-ng lib:portaudio=libportaudio2
+# for the tests: espeak-ng (test speech), PortAudio (voxmesh console); chromium (the page test);
+# a C compiler, pkg-config and libzmq with CURVE (the C peer of examples/c-tts)
+APT_C := cc=gcc pkg-config=pkg-config \
+  $(if $(shell pkg-config --exists libzmq 2>/dev/null && echo y),,-=libzmq3-dev)
+APT_DEV := espeak-ng=espeak-ng lib:portaudio=libportaudio2 $(APT_C)
 APT_BROWSER := $(if $(VOXMESH_CHROMIUM),,chromium|chromium-browser=chromium)
 # the tests that need neither a browser nor livekit-server (markers set in tests/conftest.py)
 QUICK_TESTS := -m "not browser and not livekit"
 
-.PHONY: install smart-turn up dev browser test test-quick lint bench bench-quick bench-micro livekit web clean
+.PHONY: install smart-turn up dev browser examples test test-quick lint bench bench-quick bench-micro livekit web clean
 
 install: $(STAMP)/install smart-turn
 
@@ -64,10 +67,15 @@ livekit: $(BIN)/livekit-server
 $(BIN)/livekit-server:
 	bash scripts/install-livekit.sh $(BIN)
 
-test: dev browser livekit lint
+# the peers of examples/ (tests/test_c_peer.py builds its own copy too)
+examples: dev
+	@$(APT_NEED) $(APT_C)
+	$(MAKE) -C examples/c-tts
+
+test: dev browser livekit lint examples
 	$(PYTHON) -m pytest tests
 
-test-quick: dev
+test-quick: dev examples
 	$(PYTHON) -m pytest $(QUICK_TESTS) tests
 
 # mypy must see the tree as the package voxmesh (the repo root is the package): a link

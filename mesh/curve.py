@@ -13,6 +13,7 @@ holds the public key, ``NAME.key_secret`` both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -27,7 +28,9 @@ from .sockets import Counters, log_drop
 
 log = logging.getLogger("voxmesh.mesh")
 
-RELOAD_MIN_S = 1.0  # an unknown key re-reads the allow-list at most this often
+# An unknown key re-reads the allow-list when the directory changed, else at most this often
+# (a key file added just before its worker knocks must be seen: no race with the copy).
+RELOAD_MIN_S = 1.0
 
 
 class KeyError_(ValueError):
@@ -107,10 +110,20 @@ class AllowList:
         self.counters = counters
         self._keys: set[bytes] = set()
         self._read_at = float("-inf")
+        self._mtime = 0
         self._reload()
+
+    def _changed(self) -> bool:
+        """The directory changed (a key file added) since we read it."""
+        try:
+            return os.stat(self.directory).st_mtime_ns != self._mtime
+        except OSError:
+            return False
 
     def _reload(self) -> None:
         self._read_at = time.monotonic()
+        with contextlib.suppress(OSError):
+            self._mtime = os.stat(self.directory).st_mtime_ns
         keys = set()
         for path in sorted(Path(self.directory).glob("*.key")):
             try:
@@ -123,7 +136,7 @@ class AllowList:
         """Called by the authenticator with the client's z85 public key."""
         if key in self._keys:
             return True
-        if time.monotonic() - self._read_at >= RELOAD_MIN_S:
+        if self._changed() or time.monotonic() - self._read_at >= RELOAD_MIN_S:
             self._reload()
             if key in self._keys:
                 return True

@@ -160,6 +160,7 @@ class RouterActor(Actor):
             "peers": peers,
             "health": self.health_states(time.monotonic()),  # voxmesh status shows it
             "remote": self.remote_peers(),
+            "counters": dict(self.counters),  # refused, malformed...: what peers got wrong
         }
 
     def remote_peers(self) -> list[dict[str, Any]]:
