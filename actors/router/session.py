@@ -69,6 +69,8 @@ class Session:
     confirm_due: bool = False  # the interruption timer ran out during a speech pause
     burst_end: int | None = None  # a barge-in burst ended here: resume unless ASR hears words
     burst_over: bool = False  # ...and the VAD has ended that speech (speech_end, not a pause)
+    backchannel: bool = False  # ASR heard no floor-taking words in the burst ("okay", "mm")
+    onset_at: float = 0.0  # the engine clock at the barge-in's onset
     partial_inflight_since: float = 0.0
     last_partial_at: float = 0.0  # partials go out at most every partial_interval_ms
     last_progress: float = 0.0  # watchdog: last sign of frames flowing
@@ -83,3 +85,4 @@ class Session:
         self.confirm_due = False
         self.burst_end = None
         self.burst_over = False
+        self.backchannel = False
