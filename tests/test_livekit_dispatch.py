@@ -324,7 +324,7 @@ async def serve_room(lk: LiveKitServerInfo, lkapi: api.LiveKitAPI) -> Served:
     return Served(room, node, agent_after, time.monotonic() - t_sent, client)
 
 
-async def wait_agent_gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 15.0) -> None:
+async def wait_agent_gone(lkapi: api.LiveKitAPI, room: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
