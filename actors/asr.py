@@ -185,8 +185,11 @@ class AsrActor(Actor):
             audio = entry[1].span(req.start, req.end)
             t0 = time.perf_counter()
             self.busy = True
+            no_speech = 0.0
             try:
                 text = await asyncio.to_thread(self.asr.transcribe, audio)
+                # One request at a time, so this is the call's (an ASR without it: unknown).
+                no_speech = float(getattr(self.asr, "last_no_speech", 0.0))
             except Exception:  # a model failure must not kill the actor
                 log.exception("%s: transcription failed", self.name)
                 self.counters.bump("asr_errors")
@@ -201,6 +204,7 @@ class AsrActor(Actor):
                     final=req.final,
                     end=req.end,
                     elapsed_ms=(time.perf_counter() - t0) * 1000,
+                    no_speech=no_speech,
                 )
             )
 

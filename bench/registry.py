@@ -26,6 +26,7 @@ SCENARIO_MODULES = (
     "remote",
     "faults",
     "soak",
+    "echo",
 )
 
 

@@ -70,6 +70,7 @@ class WsClient(EventLog):
         ack_interval_s: float | None = 0.1,
         timeout: float = 5.0,
         max_msg_size: int = 4 << 20,
+        aec: str | None = None,
     ) -> WsClient:
         """Open the socket and (unless ``sample_rate`` is None) say hello and await ready."""
         http = aiohttp.ClientSession()
@@ -86,18 +87,27 @@ class WsClient(EventLog):
         client = cls(http, ws, player=player, ack_interval_s=ack_interval_s)
         if sample_rate is not None:
             try:
-                await client.hello(sample_rate, token=token, timeout=timeout)
+                await client.hello(sample_rate, token=token, timeout=timeout, aec=aec)
             except BaseException:
                 await client.close()
                 raise
         return client
 
     async def hello(
-        self, sample_rate: int, *, token: str | None = None, timeout: float = 5.0
+        self,
+        sample_rate: int,
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        aec: str | None = None,
     ) -> dict[str, Any]:
+        """``aec``: who cancels the bot's echo in our mic (server, client, off; None: the
+        server's default)."""
         msg: dict[str, Any] = {"type": "hello", "sample_rate": sample_rate}
         if token is not None:
             msg["token"] = token
+        if aec is not None:
+            msg["aec"] = aec
         since = self.mark()
         await self.send_json(msg)
         ev = await self.wait_for(lambda e: e["type"] in ("ready", "error"), timeout, since=since)

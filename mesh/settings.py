@@ -80,9 +80,9 @@ class ServerSettings:
         5.0, "a client whose writes stay blocked this long is dropped (1008)", low=0.001
     )
     aec: Literal["server", "client", "off"] = setting(
-        "server",
-        "echo cancellation for a WebSocket client whose hello names none: server (AEC3 here), "
-        "client (it cancels its own), off",
+        "off",
+        "echo cancellation for a WebSocket client whose hello names none: server (AEC3 here, "
+        "experimental: it still hurts ASR during double talk), client (it cancels its own), off",
     )
     aec_gate_db: float = setting(
         6.0, "after AEC, mic audio this far below the echo level is residual echo, not the user"

@@ -88,6 +88,7 @@ class WhisperAsr:
         self.no_speech_threshold = no_speech_threshold
         self.no_speech_alone = no_speech_alone
         self.last_timing = AsrTiming()
+        self.last_no_speech = 0.0  # of the last transcribe(): its least speech-like window
         self._lock = threading.Lock()
 
     def warmup(self) -> None:
@@ -98,9 +99,11 @@ class WhisperAsr:
     def transcribe(self, audio: np.ndarray, *, full_window: bool | None = None) -> str:
         """Text of 16 kHz mono audio (float32 in [-1, 1], or int16). "" when there is none."""
         x = anchored(_to_float(audio))
+        self.last_no_speech = 1.0  # raised by each window decoded, below
         if x.size < MIN_AUDIO_S * SAMPLE_RATE:
             self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE)
             return ""
+        self.last_no_speech = 0.0
         full = self.full_window if full_window is None else full_window
         # Past 30 s, take Whisper-sized pieces; a voice turn rarely gets here.
         piece = int((30.0 - (0.0 if full else min(self.pad_s, 29.0))) * SAMPLE_RATE)
@@ -162,6 +165,7 @@ class WhisperAsr:
         # stricter no-speech bar alone: on silence tiny.en says "you" with good confidence.
         # Speech measured here stays below 0.5, silence/noise/tones above 0.85.
         nsp = res.no_speech_prob
+        self.last_no_speech = max(self.last_no_speech, float(nsp))
         if nsp > self.no_speech_alone or (nsp > self.no_speech_threshold and avg_logprob < -1):
             return ""
         return trim_repetition(str(self._tok.decode(tokens)).strip())

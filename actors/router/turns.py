@@ -350,9 +350,9 @@ class TurnEngine:
             elif s.state == State.PAUSED and s.burst_end is not None:
                 self._resume(s)
             elif s.state == State.PAUSED:
-                s.backchannel = s.backchannel or has_words(tr.text)
-                if s.confirm_due and s.vad_speaking and not s.backchannel:
-                    self._interrupt(s)  # the judged speech goes on, and is no backchannel
+                # No words that take the floor so far ("okaaay", "mm-hmm", a hum): the burst's
+                # end resumes the reply, BACKCHANNEL_MAX_S of it stops it (poll_partials).
+                s.backchannel = True
             return
         s.transcripts[tr.end] = tr.text
         s.asr_s[tr.end] = tr.elapsed_ms / 1000

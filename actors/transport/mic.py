@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from voxmesh.mesh.ring import MIC_FRAME_BYTES, MIC_RATE, FrameRing
@@ -19,16 +21,23 @@ class MicWriter:
 
     Odd byte counts are kept for the next push; leftover samples short of a frame wait in
     ``_pending``. A change of input rate drains the old resampler first, so no sample is
-    lost at the switch.
+    lost at the switch. ``clean``, when set, takes each frame before the ring (the session's
+    echo canceller, echo.py), so the VAD and ASR hear what it leaves.
     """
 
     def __init__(self, ring: FrameRing) -> None:
         self.ring = ring
         self.frames = 0  # frames written to the ring
+        self.clean: Callable[[bytes], bytes] | None = None
         self._rate = 0
         self._resampler: StreamResampler | None = None
         self._odd = b""
         self._pending = bytearray()  # 16 kHz s16le bytes not yet a whole frame
+
+    @property
+    def received(self) -> int:
+        """16 kHz samples out of the resampler so far (framed or still pending)."""
+        return self.frames * (MIC_FRAME_BYTES // 2) + len(self._pending) // 2
 
     def push(self, pcm: bytes, sample_rate: int) -> int:
         """Take s16le mono PCM at ``sample_rate``; returns how many frames were written."""
@@ -55,7 +64,8 @@ class MicWriter:
     def _emit(self) -> int:
         n = len(self._pending) // MIC_FRAME_BYTES
         for i in range(n):
-            self.ring.write(self._pending[i * MIC_FRAME_BYTES : (i + 1) * MIC_FRAME_BYTES])
+            frame = bytes(self._pending[i * MIC_FRAME_BYTES : (i + 1) * MIC_FRAME_BYTES])
+            self.ring.write(frame if self.clean is None else self.clean(frame))
         if n:
             del self._pending[: n * MIC_FRAME_BYTES]
         self.frames += n

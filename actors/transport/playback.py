@@ -22,6 +22,7 @@ earlier; deadlines are absolute, so lateness never accumulates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -139,6 +140,8 @@ class Playback:
         self._anchor_n = 0
         self._lookahead: Frame | None = None
         self.utterances_seen = 0  # the highest utterance id read from the ring
+        # Each frame sent, with its position in the client's played counter (echo.py).
+        self.far_end: Callable[[int, bytes], None] | None = None
 
     @property
     def playing(self) -> int:
@@ -152,6 +155,10 @@ class Playback:
         return self.acked is not None
 
     def on_ack(self, samples: int, now: float) -> None:
+        # The first ack after a clear, with nothing sent since: the client dropped all it
+        # had, so its next frame plays at this count (after a STOP, client_pos is ahead).
+        if self.ack_t < self.clear_sent_at <= now and not self.dirty:
+            self.client_pos = samples
         self.acked = max(self.acked or 0, samples)
         self.ack_t = now
 
@@ -375,6 +382,8 @@ class Playback:
         self._trim(u)
         if real < OUT_FRAME_SAMPLES:
             data += bytes(OUT_FRAME_BYTES - len(data))  # the utterance's tail: pad with silence
+        if self.far_end is not None:
+            self.far_end(self.client_pos, data)
         self.client_pos += OUT_FRAME_SAMPLES
         self.sent_total += OUT_FRAME_SAMPLES  # never rewinds: bounds the client's acks
         self.stats.frames_sent += 1

@@ -22,7 +22,9 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from voxmesh.mesh import events
+from voxmesh.mesh.settings import ServerSettings
 
+from .echo import AEC_MODES, AecMode
 from .errors import ClientError, ErrorCode, error_event, valid_text
 from .metrics import TransportStats
 from .mic import MAX_RATE, MIN_RATE
@@ -53,6 +55,7 @@ class TransportCore(Protocol):
     max_message_bytes: int
     auth_token: str
     metrics_auth: bool
+    settings: ServerSettings
 
     async def open_session(self, link: WsLink, *, client: str, greet: bool) -> Session: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
@@ -236,7 +239,7 @@ class WebServer:
         self._sockets.add(ws)
         link = WsLink(ws, request.transport)
         session: Session | None = None
-        rate = 0
+        rate, aec = 0, self.core.settings.aec
         try:
             async for msg in ws:
                 if session is not None and session.closed:
@@ -257,8 +260,9 @@ class WebServer:
                         if session.closed:
                             break
                         continue
-                    rate = self._check_hello(obj)
+                    rate, aec = self._check_hello(obj)
                     session = await self.core.open_session(link, client="ws", greet=True)
+                    session.use_aec(aec, self.core.settings)  # before any mic audio
                     if "voice" in obj:  # hello.voice: as a `voice` message right after
                         await session.client_message({"type": "voice", "voice": obj["voice"]})
                 except ClientError as err:
@@ -299,7 +303,8 @@ class WebServer:
         elif err.code is ErrorCode.NO_SLOT:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no free slot")
 
-    def _check_hello(self, obj: dict[str, Any]) -> int:
+    def _check_hello(self, obj: dict[str, Any]) -> tuple[int, AecMode]:
+        """The mic rate and who cancels echo (``aec``, default ``server.aec``)."""
         if obj.get("type") != "hello":
             raise ClientError(ErrorCode.HELLO_REQUIRED, "the first message must be hello")
         if "sample_rate" not in obj:
@@ -315,7 +320,12 @@ class WebServer:
         token = self.core.auth_token
         if token and not (isinstance(given, str) and tokens_match(given, token)):
             raise ClientError(ErrorCode.UNAUTHORIZED, "hello needs a valid token")
-        return rate
+        aec = obj.get("aec", self.core.settings.aec)
+        if aec not in AEC_MODES:
+            raise ClientError(
+                ErrorCode.BAD_FIELD, f"hello.aec must be one of {', '.join(AEC_MODES)}"
+            )
+        return rate, aec
 
 
 def _too_large(data: str | bytes, limit: int) -> bool:

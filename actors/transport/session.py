@@ -26,7 +26,9 @@ from voxmesh.mesh.protocol import (
     Stop,
 )
 from voxmesh.mesh.ring import Slot
+from voxmesh.mesh.settings import ServerSettings
 
+from .echo import AecMode, EchoCanceller
 from .errors import MAX_TEXT_CHARS, ClientError, ErrorCode, field
 from .links import ClientLink, Droppable
 from .metrics import TransportStats
@@ -76,6 +78,8 @@ class Session:
         self.voice = ""  # as the router last confirmed it
         self.closed = False
         self.mic = MicWriter(slot.mic)
+        self.aec: AecMode = "client"  # LiveKit (WebRTC cancels in the browser); see use_aec
+        self.echo: EchoCanceller | None = None
         self.pacer = Pacer(
             link,
             slot,
@@ -137,6 +141,21 @@ class Session:
         if isinstance(self.link, Droppable):
             await self.link.drop(err.event(), SLOW_READER_CLOSE, "slow reader")
 
+    def use_aec(self, mode: AecMode, settings: ServerSettings) -> None:
+        """Who cancels the bot's echo in this session's mic (hello's ``aec``): with
+        ``server`` ours does, before the mic ring (echo.py); else the mic is taken as is."""
+        self.aec = mode
+        if mode != "server" or self.echo is not None:
+            return
+        echo = EchoCanceller(
+            gate_db=settings.aec_gate_db,
+            hangover_ms=settings.aec_hangover_ms,
+            lead_s=self.pacer.playback.lead_s,
+        )
+        self.echo = echo
+        self.mic.clean = echo.process
+        self.playback.far_end = lambda pos, pcm: echo.far(pos, pcm, self.mic.received)
+
     # --- SessionHandle ----------------------------------------------------------------------
 
     def push_mic(self, pcm: bytes, sample_rate: int) -> None:
@@ -180,6 +199,20 @@ class Session:
             await asyncio.gather(task, return_exceptions=True)
         if tell_router:
             self.owner.send(SessionClose(session=self.session_id, reason=reason))
+        if self.echo is not None:
+            st = self.echo.stats
+            log.info(
+                "transport %s: echo: %d frames, %d cancelled, %d gated, %d re-anchored, "
+                "ERL %.1f dB, ERLE %.1f dB, %.2f %% of a core while cancelling",
+                self.session_id,
+                st.frames,
+                st.cancelled,
+                st.gated,
+                st.reanchors,
+                self.echo.erl_db,
+                st.erle_db,
+                100 * st.cpu_s / max(st.cancelled * 0.01, 1e-9),
+            )
         self.slot.release()
         self.owner.session_closed(self)
 
@@ -235,6 +268,8 @@ class Session:
                 ErrorCode.BAD_FIELD, f"played.samples is past the {sent} samples sent"
             )
         self.playback.on_ack(samples, time.monotonic())
+        if self.echo is not None:
+            self.echo.ack(samples, self.mic.received)
         self.pacer.wakeup.set()  # a RELEASE may be waiting for this ack
 
     def _hello(self, msg: dict[str, Any]) -> None:

@@ -89,7 +89,8 @@ export class WsTransport {
         }
       };
       ws.onopen = () => {
-        const hello = { type: 'hello', sample_rate: ctx.sampleRate };
+        // The browser cancels the bot's echo itself (echoCancellation above): no server AEC.
+        const hello = { type: 'hello', sample_rate: ctx.sampleRate, aec: 'client' };
         if (this.token) hello.token = this.token;
         ws.send(JSON.stringify(hello));
       };

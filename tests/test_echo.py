@@ -1,0 +1,153 @@
+"""A speakerphone client: the bot's own voice comes back into its microphone.
+
+The client (``bench/echo.py``'s ``Speakerphone``) plays the reply like the page does and
+mixes what it played back into its mic through a synthetic room, at -10 dB relative to the
+user's speech and 80 ms late. With the server's echo cancellation (the default for a
+WebSocket client) the reply plays to its end; with ``"aec": "off"`` the echo pauses the bot
+(so the first test cannot pass for want of echo); a real interruption over the echo still
+stops the reply. Then the barge-in policy's own rules, without a mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from meshproc import MeshProc, mesh_up
+from speechgen import piper_wav
+from test_router_turns import asr_answers, make, speak_turn, vad
+
+from voxmesh.actors.router.session import State
+from voxmesh.actors.router.turns import interrupts
+from voxmesh.bench.echo import Speakerphone
+from voxmesh.client import MicStream, WsClient, event_is
+from voxmesh.mesh.protocol import Stop, Transcript
+
+pytestmark = pytest.mark.timeout(240)
+
+RATE = 16000
+ECHO_DB, DELAY_MS = -10.0, 80.0
+TURN_S = 30.0
+REPLY = (
+    "Here is a fairly long answer, so that the audio keeps streaming for a good while, "
+    "and all of it comes back into the microphone of a laptop on the table."
+)
+BARGE_IN = "Please wait a moment."
+
+
+@pytest.fixture(scope="module")
+def piper_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProc]:
+    # No warm spares: the spare ASR loads Whisper just as the first session starts, and on
+    # two busy cores that starved Piper between the reply's chunks past router.watchdog_ms
+    # (a `stuck_turn`, audio_end `failed`): a test of the startup's load, not of echo.
+    config = {"mesh": {"standby": []}}
+    with mesh_up(tmp_path_factory.mktemp("echo"), tts="piper", config=config) as mesh:
+        yield mesh
+
+
+def seen(client: WsClient, since: int) -> str:
+    """What the client got, for a failure message (errors with their codes)."""
+    got = client.events[since:]
+    return ", ".join(f"{e.kind}({e.data.get('code') or e.data.get('reason') or ''})" for e in got)
+
+
+async def speakerphone_reply(
+    mesh: MeshProc, aec: str | None, barge_in: bool = False
+) -> tuple[list[str], str]:
+    """Play REPLY on a speakerphone client: the event types from ``say`` to its audio_end
+    (or to the first ``clear`` with ``aec`` off; with ``barge_in``, to the final transcript),
+    and the reason the reply's audio ended ("" if it had not)."""
+    async with await WsClient.connect(mesh.ws_url, sample_rate=RATE, aec=aec) as client:
+        phone = Speakerphone(client, ECHO_DB, DELAY_MS, seed=1)
+        async with MicStream(phone, RATE) as mic:
+            since = client.mark()
+            await client.say(REPLY)
+            await client.wait_event("audio_start", TURN_S, since=since)
+            if barge_in:
+                assert client.player is not None
+                await client.wait_until(lambda: client.player.played_samples >= 48000 * 2, TURN_S)
+                mic.queue(piper_wav(BARGE_IN)[0])
+            last = await client.next_event(
+                lambda e: e["type"] == "audio_end" or (aec == "off" and e["type"] == "clear"),
+                TURN_S,
+                since=since,
+            )
+            # Up to that event: a `state` may already have come after it.
+            types = client.types(since)[: client.events.index(last, since) - since + 1]
+            if barge_in:
+                await client.wait_event("audio_end", TURN_S, since=since)
+                await client.next_event(event_is("transcript", final=True), TURN_S, since=since)
+                types = client.types(since)
+            end = client.find(event_is("audio_end"), since)
+            reason = str(end.data["reason"]) if end is not None else ""
+            if reason not in ("", "done", "interrupted"):
+                pytest.fail(f"the reply ended {reason}: {seen(client, since)}")
+            await client.interrupt()
+            return types, reason
+
+
+async def test_with_server_aec_the_echo_never_interrupts_the_reply(piper_mesh: MeshProc) -> None:
+    types, reason = await speakerphone_reply(piper_mesh, aec="server")
+    assert reason == "done" and "clear" not in types, types
+
+
+async def test_without_aec_the_echo_pauses_the_bot(piper_mesh: MeshProc) -> None:
+    types, _ = await speakerphone_reply(piper_mesh, aec="off")
+    assert "clear" in types, f"the echo never paused the bot without AEC: {types}"
+
+
+async def test_a_real_interruption_over_the_echo_stops_the_reply(piper_mesh: MeshProc) -> None:
+    types, reason = await speakerphone_reply(piper_mesh, aec="server", barge_in=True)
+    assert reason == "interrupted" and "clear" in types and "transcript" in types, types
+
+
+async def test_hello_refuses_an_unknown_aec(piper_mesh: MeshProc) -> None:
+    with pytest.raises(RuntimeError, match="bad_field"):
+        await WsClient.connect(piper_mesh.ws_url, sample_rate=RATE, aec="speaker")
+
+
+# --- the barge-in policy, without a mesh ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["Yeah.", "Okay.", "Mm-hmm.", "Right, right.", "Uh-huh."])
+async def test_a_backchannel_during_a_reply_never_stops_it(text: str) -> None:
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    out.transport.clear()
+    engine.on_vad(s, vad("speech_start", 50000))
+    out.head = 56000
+    engine.poll_partials(s, out.clock.now())  # ASR is asked about the burst
+    assert not out.asr[-1].final
+    asr_answers(engine, out, s, text)
+    out.clock.advance(0.06)  # past interrupt_min_ms, the VAD still hears the "okaaay"
+    assert s.state == State.PAUSED
+    engine.on_vad(s, vad("speech_pause", 56000))
+    engine.on_vad(s, vad("speech_end", 56000))
+    asr_answers(engine, out, s, text)
+    assert s.state == State.SPEAKING
+    assert not [m for m in out.transport if isinstance(m, Stop)]
+
+
+async def test_words_over_the_reply_still_stop_it() -> None:
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    engine.on_vad(s, vad("speech_start", 50000))
+    out.head = 56000
+    engine.poll_partials(s, out.clock.now())
+    asr_answers(engine, out, s, "Okay, but what about Paris?")
+    assert s.state == State.USER_SPEAKING
+
+
+def test_one_word_in_what_whisper_calls_silence_is_not_a_word() -> None:
+    assert not interrupts("You", no_speech=0.7)
+    assert interrupts("Wait", no_speech=0.1)
+    assert Transcript(session="s", turn=1, text="", final=False, end=0).no_speech == 0.0
+
+
+def test_the_speakerphone_room_delays_the_echo_and_keeps_its_level() -> None:
+    from voxmesh.bench.echo import room_response
+
+    h = room_response(DELAY_MS)
+    assert np.flatnonzero(h)[0] == int(DELAY_MS * RATE / 1000)
+    assert abs(float(np.sum(h**2)) - 1.0) < 1e-9
