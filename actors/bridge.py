@@ -80,10 +80,14 @@ class BridgeActor(Actor):
         sock = self.context.socket(zmq.ROUTER)
         configure(sock)
         try:
-            allowed = curve.AllowList(self.settings.allowed, self.counters)
-            self._auth = curve.start_authenticator(self.context, allowed)
-            curve.as_server(sock, self.settings.key)
-            sock.bind(self.endpoint)
+            self._auth = curve.bind_server(
+                self.context,
+                sock,
+                self.endpoint,
+                self.settings.key,
+                self.settings.allowed,
+                self.counters,
+            )
         except BaseException:
             sock.close(linger=0)
             raise

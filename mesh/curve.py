@@ -152,3 +152,25 @@ def start_authenticator(
     auth.start()
     auth.configure_curve_callback(domain="*", credentials_provider=allowed)
     return auth
+
+
+def bind_server(
+    context: zmq.Context[zmq.Socket[bytes]],
+    sock: zmq.Socket[bytes],
+    endpoint: str,
+    key_file: str,
+    allowed_dir: str,
+    counters: Counters,
+) -> AsyncioAuthenticator:
+    """Bind ``endpoint`` on ``sock`` as a CURVE server behind the allow-list (the router's
+    remote endpoint and the bridge's data socket). The authenticator starts before the bind,
+    so no peer is ever let in unchecked; on failure nothing is left running (the caller
+    still owns ``sock``). Stop the returned authenticator when the socket closes."""
+    auth = start_authenticator(context, AllowList(allowed_dir, counters))
+    try:
+        as_server(sock, key_file)
+        sock.bind(endpoint)
+    except BaseException:
+        auth.stop()
+        raise
+    return auth

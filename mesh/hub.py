@@ -116,13 +116,15 @@ class Hub:
         self._auth = None
         if remote is not None:
             try:
-                allowed = curve.AllowList(remote.allowed_dir, self.counters)
-                self._auth = curve.start_authenticator(context, allowed)  # before the bind
-                curve.as_server(sock, remote.key_file)
-                sock.bind(remote.endpoint)
+                self._auth = curve.bind_server(
+                    context,
+                    sock,
+                    remote.endpoint,
+                    remote.key_file,
+                    remote.allowed_dir,
+                    self.counters,
+                )
             except BaseException:
-                if self._auth is not None:
-                    self._auth.stop()
                 sock.close(linger=0)
                 raise
         self._sock: zmq.Socket[bytes] = sock
