@@ -71,6 +71,7 @@ class WsClient(EventLog):
         timeout: float = 5.0,
         max_msg_size: int = 4 << 20,
         aec: str | None = None,
+        partials: bool | int | None = None,
     ) -> WsClient:
         """Open the socket and (unless ``sample_rate`` is None) say hello and await ready."""
         http = aiohttp.ClientSession()
@@ -87,7 +88,9 @@ class WsClient(EventLog):
         client = cls(http, ws, player=player, ack_interval_s=ack_interval_s)
         if sample_rate is not None:
             try:
-                await client.hello(sample_rate, token=token, timeout=timeout, aec=aec)
+                await client.hello(
+                    sample_rate, token=token, timeout=timeout, aec=aec, partials=partials
+                )
             except BaseException:
                 await client.close()
                 raise
@@ -100,14 +103,18 @@ class WsClient(EventLog):
         token: str | None = None,
         timeout: float = 5.0,
         aec: str | None = None,
+        partials: bool | int | None = None,
     ) -> dict[str, Any]:
         """``aec``: who cancels the bot's echo in our mic (server, client, off; None: the
-        server's default)."""
+        server's default). ``partials``: partial transcripts while we speak (True, False or
+        at most every N ms; None: the server's default, none unless configured)."""
         msg: dict[str, Any] = {"type": "hello", "sample_rate": sample_rate}
         if token is not None:
             msg["token"] = token
         if aec is not None:
             msg["aec"] = aec
+        if partials is not None:
+            msg["partials"] = partials
         since = self.mark()
         await self.send_json(msg)
         ev = await self.wait_for(lambda e: e["type"] in ("ready", "error"), timeout, since=since)

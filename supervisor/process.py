@@ -24,6 +24,12 @@ from voxmesh.mesh.spec import ActorSpec
 
 from .child import PARENT_ENV
 
+# Each actor sizes its own model threads (asr.threads, Piper's onnxruntime pool); numpy's
+# OpenBLAS would add a pool per process whose idle threads spin: measured on 2 cores, it
+# doubled the ASR's CPU per transcript (92 -> 47 ms) for no gain in time. A user's own
+# setting in the environment wins.
+THREAD_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
+
 
 class State(enum.Enum):
     STARTING = "starting"  # spawned, READY not yet received
@@ -60,7 +66,7 @@ class ManagedProcess:
         return self.proc.pid if self.proc is not None else None
 
     def _start(self, *, standby: bool) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.spec.env, PARENT_ENV: str(os.getpid())}
+        env = {**THREAD_DEFAULTS, **os.environ, **self.spec.env, PARENT_ENV: str(os.getpid())}
         # The spec (config with any API keys, the mesh secret) goes through a pipe, not
         # argv: argv is world-readable in ps; the name in argv is what a human needs.
         proc = subprocess.Popen(

@@ -322,7 +322,7 @@ async def test_partial_arriving_after_the_turn_ended_is_not_shown() -> None:
 async def test_partials_go_out_at_most_once_per_interval_and_not_during_a_pause() -> None:
     out = Recorder()
     engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600), clock=out.clock)
-    s = Session("s", slot=0, generation=1, client="ws")
+    s = Session("s", slot=0, generation=1, client="ws", partial_ms=1)  # as fast as allowed
     engine.on_vad(s, vad("speech_start", 0))
     out.head = 16000
 
@@ -342,6 +342,57 @@ async def test_partials_go_out_at_most_once_per_interval_and_not_during_a_pause(
     engine.on_vad(s, vad("speech_pause", 16000))  # a speculative final goes out...
     engine.poll_partials(s, 102.0)  # ...and no partial competes with it
     assert [r.final for r in out.asr] == [False, False, True]
+
+
+def _speaking(engine: TurnEngine, out: Recorder, sid: str, partial_ms: int) -> Session:
+    s = Session(sid, slot=0, generation=1, client="ws", partial_ms=partial_ms)
+    engine.on_vad(s, vad("speech_start", 0))
+    out.head = 16000
+    return s
+
+
+async def test_a_client_that_asks_no_partials_gets_none_while_it_speaks() -> None:
+    out = Recorder()
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600), clock=out.clock)
+    s = _speaking(engine, out, "s", partial_ms=0)
+    for t in (100.0, 101.0, 102.0):
+        engine.poll_partials(s, t)
+    assert out.asr == []
+    engine.on_vad(s, vad("speech_pause", 16000))
+    assert [r.final for r in out.asr] == [True]  # the speculative final still goes out
+
+
+async def test_partials_follow_the_clients_rate_above_the_servers_floor() -> None:
+    out = Recorder()
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600), clock=out.clock)
+    s = _speaking(engine, out, "s", partial_ms=1500)
+    asked = []
+    for t in (100.0, 100.7, 101.4, 101.6):
+        engine.poll_partials(s, t)
+        if len(out.asr) > len(asked):
+            asked.append(t)
+            req = out.asr[-1]
+            engine.on_transcript(
+                s, Transcript(session="s", turn=req.turn, text="so", final=False, end=req.end)
+            )
+    assert asked == [100.0, 101.6]
+
+
+async def test_a_shown_partial_waits_while_the_asr_works_for_another_session() -> None:
+    out = Recorder()
+    engine = TurnEngine(out, EchoResponder(), TurnConfig(partial_interval_ms=600), clock=out.clock)
+    busy = _speaking(engine, out, "b", partial_ms=0)
+    engine.on_vad(busy, vad("speech_pause", 16000))  # b's speculative final is with the ASR
+    s = _speaking(engine, out, "s", partial_ms=600)
+    now = out.clock.now()
+    engine.poll_partials(s, now)
+    assert [r.session for r in out.asr] == ["b"]
+    req = out.asr[-1]
+    engine.on_transcript(
+        busy, Transcript(session="b", turn=req.turn, text="hi", final=True, end=req.end)
+    )
+    engine.poll_partials(s, now)
+    assert [r.session for r in out.asr] == ["b", "s"]
 
 
 async def test_stale_transcripts_and_playback_events_are_ignored() -> None:

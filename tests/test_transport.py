@@ -255,6 +255,16 @@ async def test_hello_ready_and_session_open(mesh: Mesh) -> None:
     assert not slot.in_use
 
 
+@pytest.mark.parametrize(("asked", "partial_ms"), [(None, 0), (True, 1), (False, 0), (900, 900)])
+async def test_hello_partials_reach_the_router(
+    mesh: Mesh, asked: bool | int | None, partial_ms: int
+) -> None:
+    c = await mesh.client(sample_rate=None, player=False)
+    await c.hello(16000, partials=asked)
+    await until(lambda: mesh.router.of(SessionOpen), 2, "SESSION_OPEN")
+    assert mesh.router.of(SessionOpen)[0].partial_ms == partial_ms
+
+
 async def test_bad_inputs_get_errors_and_the_session_lives_on(mesh: Mesh) -> None:
     c = await mesh.client(sample_rate=None, player=False)
 
@@ -271,6 +281,9 @@ async def test_bad_inputs_get_errors_and_the_session_lives_on(mesh: Mesh) -> Non
     await expect("bad_rate", lambda: c.send_json({"type": "hello", "sample_rate": 7999}))
     await expect("bad_rate", lambda: c.send_json({"type": "hello", "sample_rate": "16000"}))
     await expect("missing_field", lambda: c.send_json({"type": "hello"}))
+    for bad in ("fast", -1, 1.5):
+        hello = {"type": "hello", "sample_rate": 16000, "partials": bad}
+        await expect("bad_field", lambda hello=hello: c.send_json(hello))
     await c.hello(16000)
 
     await expect("bad_json", lambda: c.send_str("]"))

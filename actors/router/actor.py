@@ -445,7 +445,14 @@ class RouterActor(Actor):
         old = self.sessions.get(msg.session)
         if old is not None and old.generation == msg.generation:
             return  # a re-announcement after we reconnected: nothing changed
-        session = Session(msg.session, msg.slot, msg.generation, msg.client, voice=msg.voice)
+        session = Session(
+            msg.session,
+            msg.slot,
+            msg.generation,
+            msg.client,
+            voice=msg.voice,
+            partial_ms=msg.partial_ms,
+        )
         session.last_progress = time.monotonic()
         self.engine.adopt(session, msg.epoch, msg.utterance, msg.utterances)
         self.sessions[msg.session] = session

@@ -71,6 +71,7 @@ class Session:
     burst_over: bool = False  # ...and the VAD has ended that speech (speech_end, not a pause)
     backchannel: bool = False  # ASR heard no floor-taking words in the burst ("okay", "mm")
     onset_at: float = 0.0  # the engine clock at the barge-in's onset
+    partial_ms: int = 0  # the client's partial transcripts: at most every N ms, 0 none
     partial_inflight_since: float = 0.0
     last_partial_at: float = 0.0  # partials go out at most every partial_interval_ms
     last_progress: float = 0.0  # watchdog: last sign of frames flowing

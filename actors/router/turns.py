@@ -110,6 +110,10 @@ def interrupts(text: str, no_speech: float = 0.0) -> bool:
     return any(w not in BACKCHANNELS for w in words)
 
 
+# An ASR request unanswered this long was lost (the actor restarted): stop counting it as
+# work the ASR has queued.
+ASR_LOST_S = 2.0
+
 # ASR hears a barge-in from this long before the VAD's onset: Silero starts late on soft
 # onsets, and "Stop" cut to "op" is heard as nothing (measured on Piper speech: the first
 # word of "Stop, wait a moment." recognised in 4 of 6 windows from the onset, 6 of 6 with 200 ms).
@@ -153,6 +157,9 @@ class TurnEngine:
         # Every timestamp and timer here goes through it; the ``now`` that poll_partials and
         # watchdog are given must be on the same timebase (LoopClock: time.monotonic()).
         self.clock: Clock = LoopClock() if clock is None else clock
+        # (session, final) -> when asked: the ASR's queue as far as we know it. A partial
+        # that is only shown waits for it to be empty, so a loaded ASR skips them.
+        self.asr_asked: dict[tuple[str, bool], float] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -194,13 +201,23 @@ class TurnEngine:
         req = AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=end, final=final)
         if final:
             s.final_request = req  # asked again if the ASR actor restarts before it answers
+        self._ask_asr(req)
+
+    def _ask_asr(self, req: AsrRequest) -> None:
+        self.asr_asked[(req.session, req.final)] = self.clock.now()
         self.out.to_asr(req)
+
+    def _asr_busy(self, now: float) -> bool:
+        lost = [key for key, t in self.asr_asked.items() if now - t >= ASR_LOST_S]
+        for key in lost:
+            del self.asr_asked[key]
+        return bool(self.asr_asked)
 
     def asr_back(self, s: Session) -> None:
         """The ASR actor (re)started: ask again for the final transcript still owed."""
         req = s.final_request
         if req is not None and req.turn == s.turn:
-            self.out.to_asr(req)
+            self._ask_asr(req)
 
     def _new_turn(self, s: Session, start: int) -> None:
         s.turn += 1
@@ -334,6 +351,7 @@ class TurnEngine:
     # --- ASR -------------------------------------------------------------------------------
 
     def on_transcript(self, s: Session, tr: Transcript) -> None:
+        self.asr_asked.pop((s.id, tr.final), None)
         if tr.elapsed_ms > 0:
             kind = "final" if tr.final else "partial"
             metrics.ASR.labels(kind=kind).observe(tr.elapsed_ms / 1000)
@@ -396,6 +414,12 @@ class TurnEngine:
         if s.state == State.PAUSED and s.burst_end is not None:
             self._resume(s)  # ASR never answered on the burst: do not hold the reply forever
             return
+        if s.state == State.USER_SPEAKING:
+            # Only shown, never decisive (a barge-in's are): as often as the client asked, and
+            # only while the ASR has nothing else to do. Each one is a Whisper run.
+            if not s.partial_ms or self._asr_busy(now):
+                return
+            interval = max(interval, s.partial_ms / 1000)
         if now - s.last_partial_at < interval:
             return  # back to back, partials would keep the ASR (and its cores) always busy
         if s.state == State.USER_SPEAKING and s.pending_end is not None:
@@ -413,7 +437,7 @@ class TurnEngine:
 
     def _request_partial(self, s: Session, start: int, end: int, now: float) -> None:
         s.partial_inflight_since = s.last_partial_at = now
-        self.out.to_asr(AsrRequest(session=s.id, turn=s.turn, start=start, end=end, final=False))
+        self._ask_asr(AsrRequest(session=s.id, turn=s.turn, start=start, end=end, final=False))
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -628,6 +652,8 @@ class TurnEngine:
 
     def closed(self, s: Session) -> None:
         """The session ended: a reply still under way ends with it."""
+        for final in (True, False):
+            self.asr_asked.pop((s.id, final), None)
         for reply in (s.reply, s.cut_reply):
             if reply is not None and reply.turn is not None:
                 reply.turn.end("closed", reply.text)

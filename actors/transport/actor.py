@@ -139,7 +139,13 @@ class TransportActor(Actor):
     # --- sessions ---------------------------------------------------------------------------
 
     async def open_session(
-        self, link: ClientLink, *, client: str, greet: bool, reserved: int | None = None
+        self,
+        link: ClientLink,
+        *,
+        client: str,
+        greet: bool,
+        reserved: int | None = None,
+        partial_ms: int | None = None,
     ) -> Session:
         """Claim a slot (or take the ``reserved`` one), tell the router, start pacing.
         Raises ClientError(NO_SLOT)."""
@@ -160,6 +166,7 @@ class TransportActor(Actor):
             client=client,
             lead_s=self.lead_s,
             slow_reader_s=self.slow_reader_s,
+            partial_ms=self.settings.partials_ms if partial_ms is None else partial_ms,
         )
         self.sessions[session_id] = session
         self.stats.sessions_opened += 1

@@ -57,7 +57,9 @@ class TransportCore(Protocol):
     metrics_auth: bool
     settings: ServerSettings
 
-    async def open_session(self, link: WsLink, *, client: str, greet: bool) -> Session: ...
+    async def open_session(
+        self, link: WsLink, *, client: str, greet: bool, partial_ms: int | None = None
+    ) -> Session: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
     def metrics_text(self) -> str: ...
     async def livekit_session(self) -> dict[str, str] | None: ...
@@ -239,7 +241,7 @@ class WebServer:
         self._sockets.add(ws)
         link = WsLink(ws, request.transport)
         session: Session | None = None
-        rate, aec = 0, self.core.settings.aec
+        rate, aec, partial_ms = 0, self.core.settings.aec, self.core.settings.partials_ms
         try:
             async for msg in ws:
                 if session is not None and session.closed:
@@ -260,8 +262,10 @@ class WebServer:
                         if session.closed:
                             break
                         continue
-                    rate, aec = self._check_hello(obj)
-                    session = await self.core.open_session(link, client="ws", greet=True)
+                    rate, aec, partial_ms = self._check_hello(obj)
+                    session = await self.core.open_session(
+                        link, client="ws", greet=True, partial_ms=partial_ms
+                    )
                     session.use_aec(aec, self.core.settings)  # before any mic audio
                     if "voice" in obj:  # hello.voice: as a `voice` message right after
                         await session.client_message({"type": "voice", "voice": obj["voice"]})
@@ -303,8 +307,9 @@ class WebServer:
         elif err.code is ErrorCode.NO_SLOT:
             await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no free slot")
 
-    def _check_hello(self, obj: dict[str, Any]) -> tuple[int, AecMode]:
-        """The mic rate and who cancels echo (``aec``, default ``server.aec``)."""
+    def _check_hello(self, obj: dict[str, Any]) -> tuple[int, AecMode, int]:
+        """The mic rate, who cancels echo (``aec``, default ``server.aec``) and the partial
+        transcripts' interval (``partials``, default ``server.partials_ms``)."""
         if obj.get("type") != "hello":
             raise ClientError(ErrorCode.HELLO_REQUIRED, "the first message must be hello")
         if "sample_rate" not in obj:
@@ -325,7 +330,20 @@ class WebServer:
             raise ClientError(
                 ErrorCode.BAD_FIELD, f"hello.aec must be one of {', '.join(AEC_MODES)}"
             )
-        return rate, aec
+        return rate, aec, self._partials(obj)
+
+    def _partials(self, obj: dict[str, Any]) -> int:
+        """hello.partials: true (the server's fastest rate), false or 0 (none), or N ms."""
+        asked = obj.get("partials", self.core.settings.partials_ms)
+        if asked is True:
+            return 1  # the router's floor, asr.partial_interval_ms, applies
+        if asked is False:
+            return 0
+        if type(asked) is not int or asked < 0:
+            raise ClientError(
+                ErrorCode.BAD_FIELD, "hello.partials must be true, false or milliseconds >= 0"
+            )
+        return asked
 
 
 def _too_large(data: str | bytes, limit: int) -> bool:

@@ -68,6 +68,7 @@ class Session:
         client: str,
         lead_s: float,
         slow_reader_s: float = SLOW_READER_S,
+        partial_ms: int = 0,
     ) -> None:
         self.session_id = session_id
         self.owner = owner
@@ -75,6 +76,7 @@ class Session:
         self.slot = slot
         self.generation = generation
         self.client = client
+        self.partial_ms = partial_ms  # hello.partials: the router sends them, or not
         self.voice = ""  # as the router last confirmed it
         self.closed = False
         self.mic = MicWriter(slot.mic)
@@ -116,6 +118,7 @@ class Session:
             utterance=pb.playing,
             utterances=pb.utterances_seen,
             voice=self.voice,
+            partial_ms=self.partial_ms,
         )
 
     def start(self) -> None:

@@ -90,7 +90,7 @@ export class WsTransport {
       };
       ws.onopen = () => {
         // The browser cancels the bot's echo itself (echoCancellation above): no server AEC.
-        const hello = { type: 'hello', sample_rate: ctx.sampleRate, aec: 'client' };
+        const hello = { type: 'hello', sample_rate: ctx.sampleRate, aec: 'client', partials: true };
         if (this.token) hello.token = this.token;
         ws.send(JSON.stringify(hello));
       };
