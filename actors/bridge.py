@@ -13,6 +13,9 @@ take (frames received + free space - frames it still holds). When a writer is ne
 of credit the bridge arms the ring's writer doorbell and sends the next CREDIT once the
 transport has freed ``REFILL`` frames: one CREDIT per 320 ms of playback, not per frame.
 Frames of a generation the slot no longer has (the session ended) are dropped and counted.
+
+The other way, the bridge streams each session's mic frames to the VAD and ASR actors on
+other hosts that subscribed to it (actors/bridge_mic.py); the same doorbell wakes both.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import zmq
 
 from voxmesh.mesh import curve, protocol
 from voxmesh.mesh.actor import Actor
-from voxmesh.mesh.protocol import Credit, Frame, ProtocolError
+from voxmesh.mesh.protocol import Credit, Frame, MicSubscribe, MicUnsubscribe, ProtocolError
 from voxmesh.mesh.ring import OUT_FRAME_BYTES, OUT_WRITER, OutRing, RingSegment
 from voxmesh.mesh.settings import RemoteSettings
 from voxmesh.mesh.sockets import Readable, configure, log_drop, recv_all
 from voxmesh.mesh.spec import ActorSpec, MeshPlace, data_endpoint
+
+from .bridge_mic import QUEUE, MicStreams
 
 log = logging.getLogger("voxmesh.bridge")
 
@@ -73,12 +78,15 @@ class BridgeActor(Actor):
         self._sock: zmq.Socket[bytes] | None = None
         self._readable: Readable | None = None
         self._auth: Any = None
+        self.mic: MicStreams | None = None
 
     async def on_start(self) -> None:
         self.segment = RingSegment.attach(self.place.segment)
         self.bell = self.segment.doorbell()
         sock = self.context.socket(zmq.ROUTER)
         configure(sock)
+        sock.setsockopt(zmq.SNDHWM, QUEUE)  # per peer: mic beyond it waits in the ring
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a peer gone fails: forget it
         try:
             self._auth = curve.bind_server(
                 self.context,
@@ -93,6 +101,7 @@ class BridgeActor(Actor):
             raise
         self._sock = sock
         self._readable = Readable(sock, self._drain)
+        self.mic = MicStreams(self.segment, self.bell, self._send_raw, self.counters)
         self.spawn(self._refill_loop())
         self.every(IDLE_FORGET_S / 4, self._forget_idle)
         log.info("bridge: remote audio on %s", self.endpoint)
@@ -113,6 +122,7 @@ class BridgeActor(Actor):
     def _drain(self) -> None:
         assert self._sock is not None
         touched: set[_Writer] = set()
+        subscribed = False
         for frames in recv_all(self._sock):
             if len(frames) != 4:
                 log_drop(self.counters, "malformed", "data message without identity")
@@ -123,14 +133,23 @@ class BridgeActor(Actor):
             except ProtocolError as exc:
                 log_drop(self.counters, "malformed", f"on the data socket: {exc}")
                 continue
-            if not isinstance(msg, Frame):
+            if isinstance(msg, Frame):
+                writer = self._take(frames[0], msg)
+                if writer is not None:
+                    touched.add(writer)
+            elif isinstance(msg, MicSubscribe):
+                assert self.mic is not None
+                self.mic.subscribe(frames[0], msg)
+                subscribed = True
+            elif isinstance(msg, MicUnsubscribe):
+                assert self.mic is not None
+                self.mic.unsubscribe(frames[0], msg)
+            else:
                 log_drop(self.counters, "refused_data", f"{type(msg).__name__} on the data socket")
-                continue
-            writer = self._take(frames[0], msg)
-            if writer is not None:
-                touched.add(writer)
         for writer in touched:
             self._credit(writer)
+        if subscribed and self.mic is not None:
+            self.mic.pump()  # a backlog asked for goes at once
 
     def _take(self, identity: bytes, msg: Frame) -> _Writer | None:
         """Put one frame in its ring (or hold it); the writer it belongs to, None if dropped."""
@@ -168,7 +187,7 @@ class BridgeActor(Actor):
     def _credit(self, writer: _Writer) -> None:
         """Flush what the ring can take, grant the rest of its space, and arm the ring's
         writer bell when the writer is about to run dry."""
-        assert self.segment is not None and self._sock is not None
+        assert self.segment is not None
         slot = self.segment.slots[writer.slot]
         if slot.generation != writer.generation:
             self.writers.pop((writer.identity, writer.slot), None)
@@ -181,12 +200,9 @@ class BridgeActor(Actor):
             writer.granted = granted
             credit = Credit(writer.slot, writer.generation, granted, ring.capacity)
             try:
-                self._sock.send_multipart([writer.identity, *protocol.encode(credit)], zmq.NOBLOCK)
+                self._send_raw(writer.identity, protocol.encode(credit))
             except zmq.ZMQError as exc:  # the worker went away: its frames stop coming
                 log_drop(self.counters, "credit_failed", exc)
-            finally:
-                assert self._readable is not None
-                self._readable.kick()
         low = writer.granted - writer.received < REFILL or writer.held
         writer.waiting = bool(low) and not ring.arm(
             OUT_WRITER, self.bell, ring.head - ring.capacity + min(REFILL, ring.capacity)
@@ -194,11 +210,21 @@ class BridgeActor(Actor):
         if low and not writer.waiting:
             self.bell.wake()  # already free again: look once more from the loop
 
+    def _send_raw(self, identity: bytes, frames: list[bytes]) -> None:
+        assert self._sock is not None and self._readable is not None
+        try:
+            self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+        finally:
+            self._readable.kick()
+
     async def _refill_loop(self) -> None:
+        """One doorbell for both ways: out rings with space again, mic rings with frames."""
         while True:
             await self.bell.wait()
             for writer in [w for w in self.writers.values() if w.waiting or w.held]:
                 self._credit(writer)
+            if self.mic is not None:
+                self.mic.pump()
 
     def _forget_idle(self, now: float) -> None:
         for key, writer in list(self.writers.items()):
@@ -210,6 +236,8 @@ class BridgeActor(Actor):
             "endpoint": self.endpoint,
             "sessions": len({w.slot for w in self.writers.values()}),
             "bytes_in": self.bytes_in,
+            "mic_streams": len(self.mic.subs) if self.mic is not None else 0,
+            "mic_bytes_out": self.mic.bytes_out if self.mic is not None else 0,
             "counters": dict(self.counters),
         }
 

@@ -1,4 +1,5 @@
-"""TTS local vs on another host: first audio, interruption, data-socket bytes, bridge CPU.
+"""TTS local vs on another host: first audio, interruption, data-socket bytes, bridge CPU;
+and ASR local vs on another host: voice-to-voice and the mic's bytes on the data socket.
 
 Three meshes, up side by side for the whole scenario (so each sees the same background),
 rounds alternating between them: ``local`` (the mock TTS actor on this host, rings),
@@ -11,6 +12,12 @@ mock voice keeps synthesis out of the figures: what differs is the path of the f
 
 Interruption here is the client's ``interrupt`` (the same PAUSE/HOLD/STOP path a barge-in
 takes after the VAD; the VAD side does not depend on where the TTS runs).
+
+``remote_asr``: two meshes with the mock TTS and the echo responder, one with its own ASR,
+one with none (``remote.only = ["asr"]``) and ``voxmesh worker asr`` in a mount namespace
+over loopback tcp with CURVE, the mic frames through the bridge; the same Piper utterances
+alternated between them. Voice-to-voice is the client's: the packet holding the last
+voiced sample leaves -> the first reply frame arrives.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from typing import Any
 
 import psutil
 
-from voxmesh.client import WsClient
+from voxmesh.client import MicStream, WsClient
 from voxmesh.mesh import curve
 from voxmesh.supervisor.launch import MeshError, MeshProcess, WorkerProcess, free_port, wait_for
 
+from . import speech
 from .registry import BenchContext, Outcome, Skip, scenario
 from .report import Figure, Row
 
@@ -163,11 +171,11 @@ def _remote_mesh(workdir: Path, host: str, env: dict[str, str]) -> tuple[MeshPro
     shutil.copy(worker_public, allowed / worker_public.name)
     port = free_port()
     env = {
-        **env,
         "VOXMESH_TTS_DEVICES": "none",
         "VOXMESH_REMOTE_LISTEN": f"tcp://{host}:{port}",
         "VOXMESH_REMOTE_KEY": str(server_secret),
         "VOXMESH_REMOTE_ALLOWED": str(allowed),
+        **env,
     }
     return MeshProcess(workdir, tts="mock", env=env), worker_secret, server_public
 
@@ -179,16 +187,19 @@ def _start_remote(
     *,
     netns: str | None = None,
     relay: Callable[[int], str] | None = None,
+    kind: str = "tts",
+    env: dict[str, str] | None = None,
 ) -> Variant:
     """``relay(port)``: start a delaying relay to the mesh's ``port`` and port + 1, and
     say where the worker connects instead."""
     workdir.mkdir(parents=True)
-    mesh, key, server_key = _remote_mesh(workdir, host, {"VOXMESH_VAD_TURN_MODEL": "off"})
+    env = {"VOXMESH_VAD_TURN_MODEL": "off", **(env or {})}
+    mesh, key, server_key = _remote_mesh(workdir, host, env)
     listen = mesh.env["VOXMESH_REMOTE_LISTEN"]
     connect = relay(int(listen.rpartition(":")[2])) if relay else listen
     mesh.wait_healthy()
     worker = WorkerProcess(
-        workdir, connect=connect, key=key, server_key=server_key, name="w1", netns=netns
+        workdir, connect=connect, key=key, server_key=server_key, name="w1", netns=netns, kind=kind
     )
     variant = Variant(name, mesh, worker)
     wait_for(lambda: _remote_up(mesh), 60.0, f"{name}: the worker in status")
@@ -362,3 +373,97 @@ def _report(out: Outcome, variants: list[Variant], why_no_netem: str) -> None:
     for v in variants[1:]:
         data.add(Row(f"{v.name}: bytes/s per session", v.bytes_per_s))
         data.add(Row(f"{v.name}: bridge CPU % of a core per session", v.bridge_cpu))
+
+
+# --- ASR on another host -----------------------------------------------------------------------
+
+
+@dataclass
+class AsrVariant:
+    name: str
+    mesh: MeshProcess
+    remote: bool = False  # its ASR is a worker, its mic goes through the bridge
+    v2v: list[float] = field(default_factory=list)
+    mic_bytes_per_s: list[float] = field(default_factory=list)  # zmq messages, one session
+    bridge_cpu: list[float] = field(default_factory=list)  # % of a core, one session
+
+
+async def _voice_turns(v: AsrVariant, texts: list[str]) -> None:
+    bridge = _bridge(v.mesh) if v.remote else None
+    bytes0 = int(bridge["info"].get("mic_bytes_out", 0)) if bridge else 0
+    proc = psutil.Process(int(bridge["pid"])) if bridge else None
+    cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
+    async with (
+        await WsClient.connect(v.mesh.ws_url, sample_rate=speech.MIC_RATE) as c,
+        MicStream(c, speech.MIC_RATE) as mic,
+    ):
+        t0 = time.monotonic()
+        for text in texts:
+            audio, _, last = speech.spoken(text)
+            since, first = c.mark(), len(c.frames)
+            end = mic.queue(audio)
+            await mic.wait_sent(end)
+            t_last = mic.sent_time(end - audio.size + last - 1)
+            frame = await c.wait_frame(first, 20)
+            if t_last is not None:
+                v.v2v.append((frame.t - t_last) * 1e3)
+            await c.wait_event("audio_end", 30, since=since)
+        wall = time.monotonic() - t0
+    if bridge is not None:  # the mic streams all the while (silence too): bytes per second
+        bytes1 = int(_bridge(v.mesh)["info"].get("mic_bytes_out", 0))
+        v.mic_bytes_per_s.append((bytes1 - bytes0) / wall)
+        assert proc is not None
+        v.bridge_cpu.append(100 * (sum(proc.cpu_times()[:2]) - cpu0) / wall)
+
+
+@scenario("remote_asr", "ASR on another host: voice-to-voice vs local, mic bytes", order=68)
+def remote_asr_scenario(ctx: BenchContext, out: Outcome) -> None:
+    if shutil.which("unshare") is None:
+        raise Skip("no unshare: the worker host needs a mount namespace")
+    rounds, repeats = (2, 1) if ctx.quick else (4, 3)
+    root = Path(tempfile.mkdtemp(prefix="vxm-remote-asr-"))
+    variants: list[AsrVariant] = []
+    workers: list[WorkerProcess] = []
+    try:
+        (root / "local").mkdir()
+        local = MeshProcess(root / "local", tts="mock", env={"VOXMESH_VAD_TURN_MODEL": "off"})
+        variants.append(AsrVariant("asr local", local))
+        local.wait_healthy()
+        only_remote = {"VOXMESH_TTS_DEVICES": "cpu", "VOXMESH_REMOTE_ONLY": "asr"}
+        remote = _start_remote("asr", root / "remote", "127.0.0.1", kind="asr", env=only_remote)
+        assert remote.worker is not None
+        workers.append(remote.worker)
+        variants.append(AsrVariant("asr remote (loopback, CURVE)", remote.mesh, remote=True))
+        texts = speech.sample(speech.UTTERANCES, rounds * repeats)
+        for i in range(repeats):  # A B A B: the box drifts
+            for v in variants:
+                asyncio.run(_voice_turns(v, texts[i * rounds : (i + 1) * rounds]))
+        fig = out.add(
+            Figure(
+                "remote_asr_v2v",
+                "voice-to-voice, ASR local vs on another host (mock TTS, echo, vad off)",
+                "client: packet with the last voiced sample sent -> first reply frame in; "
+                "meshes alternated, the same Piper utterances",
+            )
+        )
+        for v in variants:
+            fig.add(Row(v.name, v.v2v))
+        mic = out.add(
+            Figure(
+                "remote_asr_mic_bytes",
+                "mic audio on the data socket: bytes per second, bridge CPU, per session",
+                "bridge MIC message bytes (VXM1 frames, before CURVE and tcp) / wall time (B/s), "
+                "bridge process CPU / wall time (% of a core), one session streaming its mic "
+                "(speech and silence alike)",
+                unit="",
+            )
+        )
+        mic.add(Row(f"{variants[1].name}: bytes/s", variants[1].mic_bytes_per_s))
+        mic.add(Row(f"{variants[1].name}: bridge CPU %", variants[1].bridge_cpu))
+    finally:
+        for w in workers:
+            if w.alive():
+                w.kill()
+        for v in variants:
+            v.mesh.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,8 @@ The mesh runs ``voxmesh up --listen tcp://HOST:PORT`` with ``remote.key`` (its k
 ``remote.allowed`` (a directory holding this worker's public key). This host needs its own
 key pair (``--key``, the ``.key_secret`` file) and the mesh's public key (``--server-key``).
 The actor restarts when it exits (supervisor/worker.py) and shows in ``voxmesh status``.
+A VAD or ASR here reads the session host's microphones through its bridge; the session
+host may then run none of its own (``remote.only``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from .common import CliError, MeshOptions, load_config
 
 @click.command(
     "worker",
-    help="run one actor (tts) on this host for the mesh at --connect, over tcp with CURVE; "
-    "restart it when it exits; stop on Ctrl-C",
+    help="run one actor (tts, asr or vad) on this host for the mesh at --connect, over tcp "
+    "with CURVE; restart it when it exits; stop on Ctrl-C",
 )
-@click.argument("kind", type=click.Choice(["tts"]))
+@click.argument("kind", type=click.Choice(["tts", "asr", "vad"]))
 @click.option("--connect", metavar="tcp://HOST:PORT", help="the mesh's remote.listen")
 @click.option("--key", metavar="FILE", help="this worker's secret key file (worker.key)")
 @click.option("--server-key", metavar="FILE", help="the mesh's public key file")
 @click.option("--name", help="the actor's name on the mesh (default: KIND@HOSTNAME)")
-@click.option("--engine", help="TTS engine (tts.engine)")
-@click.option("--device", help='"cpu" or a GPU index (tts.device)')
-@click.option("--config", metavar="FILE", help="a mesh.toml with [worker] and [tts] settings")
+@click.option("--engine", help="TTS engine (tts.engine; tts only)")
+@click.option("--device", help='"cpu" or a GPU index (tts.device; tts only)')
+@click.option(
+    "--config", metavar="FILE", help="a mesh.toml with [worker] and [tts], [asr] or [vad]"
+)
 def worker(
     kind: str,
     connect: str | None,

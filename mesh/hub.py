@@ -63,7 +63,8 @@ class RemoteBind:
     endpoint: str
     key_file: str  # the mesh's secret key file (server side)
     allowed_dir: str  # the directory of allowed client public keys
-    kinds: frozenset[str] = frozenset({"tts"})  # what a remote peer may READY as
+    # what a remote peer may READY as: what speaks through the bridge or reads from it
+    kinds: frozenset[str] = frozenset({"tts", "asr", "vad"})
     local_names: frozenset[str] = frozenset()  # names a remote peer may never take
 
 

@@ -482,3 +482,41 @@ class Credit(Message):
 
 
 INITIAL_CREDIT = 16  # frames a writer may send of a new (slot, generation) before any CREDIT
+
+
+@message(0x52)
+class MicSubscribe(Message):
+    """Remote VAD/ASR -> bridge: stream the mic ring of (slot, generation) to this socket.
+
+    ``kind`` is the reader the subscriber stands for (the bridge waits on the ring in that
+    reader's entry); ``start`` the first frame seq wanted, -1 for only frames written from
+    now on (older than the ring still holds: from its oldest frame).
+    """
+
+    session: str
+    slot: int
+    generation: int
+    kind: str  # "vad" or "asr"
+    start: int = -1
+
+
+@message(0x53)
+class Mic(Message):
+    """Bridge -> remote VAD/ASR: consecutive 20 ms mic frames of (slot, generation), the
+    first one ``seq`` (its absolute sample is ``seq * 320``). ``t`` is when the last of them
+    was written into the ring, on the session host's monotonic clock: only the difference
+    between two MICs' ``t`` and their arrival means anything to the receiver."""
+
+    slot: int
+    generation: int
+    seq: int
+    t: float
+    pcm: bytes  # n * 320 samples, s16 little-endian, 16 kHz mono
+
+
+@message(0x54)
+class MicUnsubscribe(Message):
+    """Remote VAD/ASR -> bridge: stop streaming (slot, generation) to this socket."""
+
+    slot: int
+    generation: int

@@ -10,16 +10,21 @@ the streamer's own "wait while the ring is full" works unchanged across the hop.
 
 The generation of a slot is the one the router put in the SPEAK (``note``): the bridge drops
 frames of a generation the slot no longer has, and a new generation starts a fresh count.
+When the data connection is lost (the bridge restarted, say) the socket is replaced
+(mesh/datasock.py) and every stream starts again from seq 0 with the initial credit: the
+new bridge knows nothing of the credit the old one gave, and a writer that had used all of
+it would otherwise wait for a CREDIT that never comes.
 """
 
 from __future__ import annotations
 
 import zmq
 
-from . import curve, protocol
+from . import curve
+from .datasock import DataSocket
 from .doorbell import Bell
-from .protocol import INITIAL_CREDIT, Credit, Frame, ProtocolError
-from .sockets import Counters, Readable, configure, log_drop, recv_all
+from .protocol import INITIAL_CREDIT, Credit, Frame, Message
+from .sockets import Counters
 
 NOMINAL_CAPACITY = 250  # frames; the bridge's CREDIT says the real ring's size
 
@@ -68,6 +73,12 @@ class RemoteOutRing:
         )
         self.head = seq + 1
         return seq
+
+    def restart(self) -> None:
+        """A fresh connection: count from 0 again, on the initial credit."""
+        self.head = 0
+        self.granted = INITIAL_CREDIT
+        self._target = None
 
     def credit(self, msg: Credit) -> None:
         if msg.capacity > 0:
@@ -133,17 +144,15 @@ class RemoteSegment:
         self.counters = counters
         self.slots = _Slots(self)
         self.bell = Bell()
-        self.sent_bytes = 0  # FRAME bytes handed to the data socket (bench: bytes/s)
-        sock = context.socket(zmq.DEALER)
-        configure(sock)
-        if keys is not None:
-            curve.as_client(sock, keys)
-        sock.connect(endpoint)
-        self._sock: zmq.Socket[bytes] = sock
-        self._readable: Readable | None = None
+        self._data = DataSocket(context, endpoint, keys, counters, self._on_message, self._restart)
+
+    @property
+    def sent_bytes(self) -> int:
+        """FRAME bytes handed to the data socket (bench: bytes/s)."""
+        return self._data.sent_bytes
 
     def open(self) -> None:
-        self._readable = Readable(self._sock, self._drain)
+        self._data.open()
 
     def doorbell(self) -> Bell:
         return self.bell
@@ -152,36 +161,24 @@ class RemoteSegment:
         self.slots[slot].note(generation, session)
 
     def send(self, msg: Frame) -> None:
-        frames = protocol.encode(msg)
-        try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the bridge is unreachable and the queue full
-            log_drop(self.counters, "frames_dropped", f"FRAME to {self.endpoint}: {exc}")
-        else:
-            self.sent_bytes += sum(len(f) for f in frames)
-        finally:
-            if self._readable is not None:
-                self._readable.kick()
+        if not self._data.send(msg):
+            self.counters.bump("frames_dropped")
 
-    def _drain(self) -> None:
-        for frames in recv_all(self._sock):
-            try:
-                msg = protocol.decode(frames)
-            except ProtocolError as exc:
-                log_drop(self.counters, "malformed", f"from the bridge: {exc}")
-                continue
-            if not isinstance(msg, Credit):
-                self.counters.bump("unhandled")
-                continue
-            out = self.slots[msg.slot].out if 0 <= msg.slot < _Slots.MAX else None
-            if out is not None and out.generation == msg.generation:
-                out.credit(msg)
-            else:
-                self.counters.bump("stale_credit")
+    def _restart(self) -> None:
+        for slot in self.slots.values():
+            slot.out.restart()
+        self.bell.wake()  # a writer waiting for credit has some again
+
+    def _on_message(self, msg: Message) -> None:
+        if not isinstance(msg, Credit):
+            self.counters.bump("unhandled")
+            return
+        out = self.slots[msg.slot].out if 0 <= msg.slot < _Slots.MAX else None
+        if out is not None and out.generation == msg.generation:
+            out.credit(msg)
+        else:
+            self.counters.bump("stale_credit")
 
     def close(self) -> None:
-        if self._readable is not None:
-            self._readable.close()
-            self._readable = None
-        self._sock.close(linger=0)
+        self._data.close()
         self.bell.wake()

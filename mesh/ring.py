@@ -170,6 +170,14 @@ class FrameRing:
         self._notify(self._head_waiters)
         return seq
 
+    def skip_to(self, seq: int) -> None:
+        """Move the head forward to ``seq`` without publishing the frames in between (a
+        writer that relays another host's ring and lost some: readers count them lost, and
+        every later frame keeps its sequence, so its absolute position)."""
+        if seq > int(self._words[0]):
+            self._words[0] = seq
+            self._notify(self._head_waiters)
+
     # --- waiting ----------------------------------------------------------------------------
 
     def _count(self, entry: int) -> int:

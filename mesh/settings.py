@@ -91,7 +91,9 @@ class ServerSettings:
         "experimental: it still hurts ASR during double talk), client (it cancels its own), off",
     )
     aec_gate_db: float = setting(
-        6.0, "after AEC, mic audio this far below the echo level is residual echo, not the user"
+        20.0,
+        "after AEC3, mic audio more than this below the far-end level it echoes is residual "
+        "echo, not the user",
     )
     aec_hangover_ms: int = setting(
         100, "once the user is heard over the bot, the residual gate stays open this long", low=0
@@ -294,6 +296,10 @@ def _tcp(value: str) -> str | None:
     return 'must be "tcp://HOST:PORT" (or empty)'
 
 
+def _readers(kinds: tuple[str, ...]) -> str | None:
+    return None if set(kinds) <= {"vad", "asr"} else 'may name only "vad" and "asr"'
+
+
 @dataclass(frozen=True)
 class RemoteSettings:
     """[remote]: actors on other hosts join over tcp with CURVE (docs/protocol.md section 5)."""
@@ -308,6 +314,9 @@ class RemoteSettings:
         "", "this mesh's secret key file (`voxmesh keys DIR` makes server.key_secret)"
     )
     allowed: str = setting("", "directory of the public key files (*.key) of workers let in")
+    only: tuple[str, ...] = setting(
+        (), 'mic readers ("vad", "asr") this host does not run: workers serve them', check=_readers
+    )
 
 
 @dataclass(frozen=True)

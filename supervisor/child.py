@@ -40,6 +40,9 @@ FACTORIES: dict[str, str] = {
     "asr": "voxmesh.actors.asr:build",
     "tts": "voxmesh.actors.tts.actor:build",
     "bridge": "voxmesh.actors.bridge:build",
+    # `voxmesh worker vad|asr`: the same actors on a ring the bridge feeds from another host
+    "remote-vad": "voxmesh.actors.remote_readers:build_vad",
+    "remote-asr": "voxmesh.actors.remote_readers:build_asr",
 }
 PARENT_ENV = "VOXMESH_SUPERVISOR_PID"
 # JSON {kind: "module:function"} adding to or replacing FACTORIES: actors of your own (the

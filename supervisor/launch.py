@@ -294,10 +294,10 @@ def _short_dir(preferred: Path) -> Path:
 
 
 class WorkerProcess:
-    """``voxmesh worker tts`` as if on another host: in a mount namespace with its own empty
-    /dev/shm (no ring segment of this host is visible to it), optionally inside the network
-    namespace ``netns`` (``ip netns``). Its own session, so ``kill()`` takes every process
-    of it at once, as a host going away would; ``kill()`` always reaps."""
+    """``voxmesh worker KIND`` (tts by default) as if on another host: in a mount namespace
+    with its own empty /dev/shm (no ring segment of this host is visible to it), optionally
+    inside the network namespace ``netns`` (``ip netns``). Its own session, so ``kill()``
+    takes every process of it at once, as a host going away would; ``kill()`` always reaps."""
 
     def __init__(
         self,
@@ -310,12 +310,14 @@ class WorkerProcess:
         engine: str = "mock",
         env: Mapping[str, str] | None = None,
         netns: str | None = None,
+        kind: str = "tts",
     ) -> None:
         self.name = name
         self.log_path = workdir / f"worker-{name}.log"
-        argv = [sys.executable, "-m", "voxmesh", "worker", "tts", "--connect", connect]
-        argv += ["--key", str(key), "--server-key", str(server_key)]
-        argv += ["--name", name, "--engine", engine]
+        argv = [sys.executable, "-m", "voxmesh", "worker", kind, "--connect", connect]
+        argv += ["--key", str(key), "--server-key", str(server_key), "--name", name]
+        if kind == "tts":
+            argv += ["--engine", engine]
         unshare = ["unshare", "--mount", "--propagation", "private"]
         if os.geteuid() != 0:
             unshare.append("--map-root-user")  # an unprivileged user namespace allows the mount

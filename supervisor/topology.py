@@ -66,7 +66,9 @@ def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> l
     tts = tts_actors(settings.tts)
     # remote.listen: the audio bridge takes the frames of TTS actors on other hosts
     extra = (BRIDGE,) if settings.remote.listen else ()
-    names = [ROUTER, *FIXED_ACTORS, *extra, *(name for name, _ in tts)]
+    # remote.only: the VAD or ASR lives on worker hosts only (they read through the bridge)
+    fixed = [kind for kind in FIXED_ACTORS if kind not in settings.remote.only]
+    names = [ROUTER, *fixed, *extra, *(name for name, _ in tts)]
     place = MeshPlace(
         router=f"ipc://{run_dir}/router.sock",
         supervisor=f"ipc://{run_dir}/supervisor.sock",
@@ -94,6 +96,6 @@ def plan(settings: Settings, run_dir: Path, segment: str, secret: str = "") -> l
 
     return [
         spec(ROUTER, ROUTER),
-        *(spec(kind, kind) for kind in (*FIXED_ACTORS, *extra)),
+        *(spec(kind, kind) for kind in (*fixed, *extra)),
         *(spec("tts", name, own) for name, own in tts),
     ]

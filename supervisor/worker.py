@@ -7,9 +7,11 @@ when it exits, until ``worker.restart_max`` restarts fall within ``restart_windo
 SIGINT/SIGTERM only enqueue a stop (the handlers set an event); the loop sends the actor
 SIGTERM, waits ``STOP_GRACE_S`` and kills it.
 
-Only TTS runs remotely so far: its frames cross hosts through the session host's bridge
-(actors/bridge.py). ASR and VAD read the mic ring, which no bridge carries yet
-(docs/protocol.md section 5).
+Audio crosses hosts through the session host's bridge (actors/bridge.py, docs/protocol.md
+section 5): a TTS sends its frames there; a VAD or ASR (actors/remote_readers.py) reads a
+ring of its own in this host's /dev/shm that the bridge's mic frames fill. That ring is
+named after the actor's pid, so one left behind by an actor that was killed is removed
+before the next one starts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import socket
 import time
 
 from voxmesh.mesh import curve
+from voxmesh.mesh.ring import remove_stale_segments
 from voxmesh.mesh.settings import Settings, sections_for, to_dict
 from voxmesh.mesh.spec import ActorSpec, MeshPlace, data_endpoint
 
@@ -30,7 +33,8 @@ from .process import ManagedProcess
 
 log = logging.getLogger("voxmesh.worker")
 
-KINDS = ("tts",)
+KINDS = ("tts", "asr", "vad")
+MIC_READERS = ("asr", "vad")  # started as the remote-* factories (supervisor/child.py)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
 STOP_GRACE_S = 10.0
@@ -63,12 +67,16 @@ def worker_spec(kind: str, settings: Settings) -> ActorSpec:
     )
     sections = sections_for(settings, kind)
     env: dict[str, str] = {}
+    factory = kind
     if kind == "tts":  # one engine on one device, as one [[tts.actors]] table
         own = settings.tts.own()
         sections["tts"] = to_dict(dataclasses.replace(settings.tts, actors=(own,)))
         env["CUDA_VISIBLE_DEVICES"] = "" if own.device == "cpu" else own.device
+    elif kind in MIC_READERS:  # its own ring: as many slots as sessions it may read
+        sections["mesh"] = to_dict(settings.mesh)
+        factory = f"remote-{kind}"
     name = w.name or f"{kind}@{socket.gethostname()}"
-    return ActorSpec(kind=kind, name=name, place=place, settings=sections, env=env)
+    return ActorSpec(kind=factory, name=name, place=place, settings=sections, env=env)
 
 
 class Worker:
@@ -91,6 +99,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
+                remove_stale_segments()  # a killed reader's private mic ring
                 self.proc.spawn()
                 log.info(
                     "worker: %s (pid %s) joining %s",
@@ -122,6 +131,7 @@ class Worker:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
             await self._stop_actor()
+            remove_stale_segments()
         return 0
 
     async def _wait_exit(self) -> int | None:

@@ -68,7 +68,7 @@ def remote_config(keys: MeshKeys, port: int, **extra: dict[str, Any]) -> dict[st
 
 
 class RemoteWorker(WorkerProcess):
-    """``voxmesh worker tts`` on its "own host" (supervisor/launch.py), for a ``with``."""
+    """``voxmesh worker KIND`` on its "own host" (supervisor/launch.py), for a ``with``."""
 
     def __init__(
         self,
@@ -80,6 +80,7 @@ class RemoteWorker(WorkerProcess):
         port: int,
         *,
         engine: str = "mock",
+        kind: str = "tts",
     ) -> None:
         super().__init__(
             tmp_path,
@@ -89,6 +90,7 @@ class RemoteWorker(WorkerProcess):
             name=name,
             engine=engine,
             env=mesh.env,
+            kind=kind,
         )
 
     def __enter__(self) -> RemoteWorker:

@@ -9,6 +9,7 @@ read mic and out heads for partial transcripts and the watchdog.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -54,7 +55,9 @@ from .responder import Responder, make_responder
 from .session import Session
 from .turns import TurnConfig, TurnEngine
 
-SESSION_PEERS = ("vad", "asr")  # kinds that read the mic ring and must know every session
+# Kinds that read the mic ring. Each session has one of each (``readers``), on this host or
+# on another (through the bridge): two VADs would both judge it, and their events fight.
+SESSION_PEERS = ("vad", "asr")
 # Who may send what: a message from any other kind of peer is refused and counted, so that
 # (for instance) only the transport speaks for clients.
 SENDERS: dict[type[Message], str] = {
@@ -113,6 +116,8 @@ class RouterActor(Actor):
         self._pids: dict[str, int] = {}  # the process each peer name last READYed from
         self._early: dict[str, list[tuple[float, Message]]] = {}  # session -> held requests
         self._tts_up: asyncio.Event | None = None
+        self.readers: dict[tuple[str, str], str] = {}  # (session, kind) -> the actor reading it
+        self._asr_due: dict[str, float] = {}  # session -> when its owed final is given up
         self.responder = responder
         self.hub: Hub | None = None
         self.segment: RingSegment | None = None
@@ -187,6 +192,7 @@ class RouterActor(Actor):
         assert self.hub is not None
         self.hub.tick(now)
         self._expire_early(now)
+        self._asr_overdue(now)
         for s in list(self.sessions.values()):
             self.engine.poll_partials(s, now)
             self.engine.watchdog(s, now, functools.partial(self._out_mark, s))
@@ -197,7 +203,50 @@ class RouterActor(Actor):
         self._send("transport", msg)
 
     def to_asr(self, msg: Message) -> None:
-        self._send("asr", msg)
+        s = self.sessions.get(getattr(msg, "session", ""))
+        asr = self._reader(s, "asr") if s is not None else None
+        if asr is not None and self._send(asr, msg):
+            return
+        self.counters.bump("no_asr")
+        if s is not None and s.final_request is not None:
+            # Held in the session: sent again when an ASR comes back (asr_back), within hold_s.
+            self._asr_due.setdefault(s.id, time.monotonic() + self.hold_s)
+
+    def _reader(self, s: Session, kind: str) -> str | None:
+        """The live ``kind`` actor that reads ``s``'s mic: the one it has, else the one with
+        the fewest sessions (this host's first), which is sent the SESSION_OPEN now."""
+        assert self.hub is not None
+        name = self.readers.get((s.id, kind))
+        if name is not None and name in self.hub.peers:
+            return name
+        pick = self._fewest(s, kind)
+        if pick is None:
+            return None
+        # resume: a VAD taking over reads from the ring's head (an ASR always from its start)
+        self._send(pick, self._session_open(s, resume=name is not None))
+        return pick
+
+    @staticmethod
+    def _session_open(s: Session, *, resume: bool) -> SessionOpen:
+        return SessionOpen(
+            session=s.id, slot=s.slot, generation=s.generation, client=s.client, resume=resume
+        )
+
+    def _asr_overdue(self, now: float) -> None:
+        """A final transcript no ASR came back to give within hold_s: the client is told, and
+        the turn ends as one with nothing heard (never a silent wait)."""
+        for sid, due in list(self._asr_due.items()):
+            s = self.sessions.get(sid)
+            req = s.final_request if s is not None else None
+            if s is None or req is None:
+                del self._asr_due[sid]
+            elif now >= due:
+                del self._asr_due[sid]
+                self.counters.bump("asr_lost")
+                why = f"no speech recognizer came back within {self.hold_s:g} s: say it again"
+                self.event(s, error_event(ErrorCode.UNAVAILABLE, why))
+                nothing = Transcript(session=sid, turn=req.turn, text="", final=True, end=req.end)
+                self.engine.on_transcript(s, nothing)
 
     def to_tts(self, session: Session, msg: Message) -> bool:
         voice = msg.voice if isinstance(msg, Speak) else ""
@@ -327,19 +376,17 @@ class RouterActor(Actor):
             self._transport_pid = peer.pid
             for s in list(self.sessions.values()):
                 self._close(s, "transport restarted")
-        if peer.kind in SESSION_PEERS:  # a restarted reader must pick the sessions up again
+        if peer.kind in SESSION_PEERS:
+            # A restarted reader picks its sessions up again, and any session without one.
             for s in self.sessions.values():
-                self._send(
-                    peer.name,
-                    SessionOpen(
-                        session=s.id,
-                        slot=s.slot,
-                        generation=s.generation,
-                        client=s.client,
-                        resume=True,
-                    ),
-                )
+                reader = self.readers.get((s.id, peer.kind))
+                busy = reader is not None and reader != peer.name
+                if busy and self.hub is not None and reader in self.hub.peers:
+                    continue
+                self.readers[(s.id, peer.kind)] = peer.name
+                self._send(peer.name, self._session_open(s, resume=True))
                 if peer.kind == "asr":
+                    self._asr_due.pop(s.id, None)
                     self.engine.asr_back(s)
         if peer.kind == "tts" and self._tts_up is not None:
             self._tts_up.set()
@@ -359,6 +406,17 @@ class RouterActor(Actor):
                 if s.tts == peer.name:
                     s.tts = None
                     self.engine.tts_lost(s)
+        elif peer.kind in SESSION_PEERS:
+            # Its sessions go to another reader of its kind now, if one is up (else to the
+            # first that READYs); a final transcript it owed is asked of that one.
+            for s in self.sessions.values():
+                if self.readers.get((s.id, peer.kind)) != peer.name:
+                    continue
+                taken = self._reader(s, peer.kind)
+                if peer.kind == "asr" and taken is not None:
+                    self.engine.asr_back(s)
+                elif peer.kind == "asr" and s.final_request is not None:
+                    self._asr_due.setdefault(s.id, time.monotonic() + self.hold_s)
         self._publish_health()
 
     def health_states(self, now: float) -> dict[str, str]:
@@ -418,6 +476,9 @@ class RouterActor(Actor):
             return
         engine = self.engine
         if isinstance(msg, VadEvent):
+            if self.readers.get((session.id, "vad"), peer.name) != peer.name:
+                self.counters.bump("vad_not_reading")  # another VAD has this session now
+                return
             engine.on_vad(session, msg)
         elif isinstance(msg, Transcript):
             engine.on_transcript(session, msg)
@@ -457,14 +518,38 @@ class RouterActor(Actor):
         self.engine.adopt(session, msg.epoch, msg.utterance, msg.utterances)
         self.sessions[msg.session] = session
         assert self.hub is not None
-        for peer in list(self.hub.peers.values()):
-            if peer.kind in SESSION_PEERS:
-                self._send(peer.name, msg)
+        for kind in SESSION_PEERS:
+            self._open_reader(session, kind, msg)
         self.event(session, events.State(state=session.state.value).as_dict())
         turnlog.session_opened(session.id, session.client, session.slot)
         for _, early in self._early.pop(msg.session, []):
             self.counters.bump("early_served")
             self._dispatch_message(transport, early)
+
+    def _open_reader(self, s: Session, kind: str, msg: SessionOpen) -> None:
+        """Give the session to one reader of ``kind`` (none up: the first that READYs);
+        every other one is told to let go of it (it may have read it for a router before
+        us, and a session has one reader of each kind)."""
+        assert self.hub is not None
+        pick = self._fewest(s, kind)
+        if pick is None:
+            return
+        self._send(pick, msg)
+        for peer in list(self.hub.peers.values()):
+            if peer.kind == kind and peer.name != pick:
+                self._send(peer.name, SessionClose(session=s.id, reason="read elsewhere"))
+
+    def _fewest(self, s: Session, kind: str) -> str | None:
+        """The live ``kind`` actor reading the fewest sessions (this host's first), made the
+        reader of ``s``; None if none is up."""
+        assert self.hub is not None
+        live = [p for p in self.hub.peers.values() if p.kind == kind]
+        if not live:
+            return None
+        load = collections.Counter(n for (_, k), n in self.readers.items() if k == kind)
+        pick = min(live, key=lambda p: (load[p.name], bool(p.key), p.name)).name
+        self.readers[(s.id, kind)] = pick
+        return pick
 
     def _hold_early(self, msg: ClientText | ClientInterrupt | ClientVoice) -> None:
         held = self._early.get(msg.session)
@@ -498,6 +583,9 @@ class RouterActor(Actor):
             if task is not None:
                 task.cancel()
         self.sessions.pop(s.id, None)
+        for kind in SESSION_PEERS:
+            self.readers.pop((s.id, kind), None)
+        self._asr_due.pop(s.id, None)
         self.engine.closed(s)
         turnlog.session_closed(s.id, reason, time.monotonic() - s.opened_at, s.utterances)
         assert self.hub is not None
