@@ -34,6 +34,32 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def histogram_quantile(
+    before: dict[str, float], after: dict[str, float], name: str, q: float
+) -> float | None:
+    """The ``q`` quantile of what histogram ``name`` observed between two scrapes
+    (``parse_metrics``), linear within a bucket as Prometheus' histogram_quantile; None if
+    it observed nothing."""
+    prefix = name + '_bucket{le="'
+    edges = sorted(
+        (float(key[len(prefix) : -2]), after[key] - before.get(key, 0.0))
+        for key in after
+        if key.startswith(prefix)
+    )
+    total = edges[-1][1] if edges else 0.0
+    if total <= 0:
+        return None
+    lo, below = 0.0, 0.0
+    for le, count in edges:
+        if count >= q * total:
+            if le == float("inf"):
+                return lo  # past the last finite bucket: its bound is all we know
+            inside = count - below
+            return lo + (le - lo) * ((q * total - below) / inside if inside else 1.0)
+        lo, below = le, count
+    return lo
+
+
 class Mesh(MeshProcess):
     """One running ``voxmesh up --tts TTS`` in a temp dir of its own; ``env`` adds
     VOXMESH_* overrides (e.g. max sessions)."""
@@ -92,6 +118,13 @@ class Mesh(MeshProcess):
         wall = time.monotonic() - t0
         return 100.0 * (self.cpu_s() - cpu0) / wall if wall > 0 else 0.0
 
+    def settle(self, quiet_pct: float = 10.0, timeout_s: float = 20.0) -> None:
+        """Wait (bounded) for the start-up work to end: warm spares load their models after
+        the mesh is healthy, and an idle figure taken then is theirs."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and self.idle_cpu_pct(0.5) > quiet_pct:
+            pass
+
     def idle_cpu_pct(self, seconds: float = 2.0) -> float:
         """The mesh's CPU with no session (heartbeats, timers), % of one core."""
         cpu0, t0 = self.cpu_s(), time.monotonic()
@@ -119,6 +152,7 @@ class MeshPool:
             mesh.wait_healthy(HEALTH_TIMEOUT_S)
         except MeshError as exc:
             raise Skip(f"voxmesh up --tts {tts}: {exc}") from None
+        mesh.settle()
         return mesh
 
     def close(self) -> None:

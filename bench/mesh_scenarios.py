@@ -19,7 +19,7 @@ import numpy as np
 from voxmesh.client import WsClient, event_is, ws_session
 
 from . import baselines, speech
-from .mesh import Mesh, pool
+from .mesh import Mesh, histogram_quantile, pool
 from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
 
@@ -211,6 +211,10 @@ async def _stream_run(mesh: Mesh, n: int, text: str) -> list[list[float]]:
         return [c.frame_times() for c in clients]
 
 
+# The transport's own frame clock: send time minus the time each frame was due to go out.
+LAG_METRIC = "voxmesh_transport_send_lag_seconds"
+
+
 def _metric_delta(before: dict[str, float], after: dict[str, float], name: str) -> int:
     key = f"voxmesh_transport_{name}_total"
     return int(after.get(key, 0.0) - before.get(key, 0.0))
@@ -246,7 +250,13 @@ def _scale_mock(ctx: BenchContext, out: Outcome) -> None:
         pct, m1 = mesh.cpu_pct_since(cpu0, t0), mesh.metrics()
         errors = [grid_errors(f, skip) for f in per_session]
         flat = [e for errs in errors for e in errs]
+        lag = {
+            f"send_lag_p{round(q * 100)}_ms": round(1e3 * v, 2)
+            for q in (0.5, 0.99)
+            if (v := histogram_quantile(m0, m1, LAG_METRIC, q)) is not None
+        }
         extra = {
+            **lag,
             "underruns": _metric_delta(m0, m1, "underruns"),
             "late_frames": _metric_delta(m0, m1, "late_frames"),
             "dropped_frames": sum(max(0, expected - len(f)) for f in per_session),

@@ -29,6 +29,10 @@ from .playback import Playback
 log = logging.getLogger("voxmesh.transport")
 
 SLOW_READER_S: Final = ServerSettings.slow_reader_s
+# epoll's timeout is whole milliseconds, rounded up (selectors.EpollSelector), so a timer
+# set for a frame's deadline fires 0-1 ms after it: waking 1 ms early and sending a frame
+# due within that ms centres the error on the grid (the client's lead absorbs 1 ms early).
+EARLY_S: Final = 0.001
 
 # A slow reader is a client whose write has been held back for ``slow_reader_s``: every
 # write to the client is awaited under that timeout. This is the cleanest signal we have:
@@ -174,7 +178,7 @@ class Pacer:
                     continue
                 deadline: float | None
                 if pb.chunk_ready():
-                    deadline = pb.due(now)
+                    deadline = pb.due(now) - EARLY_S
                     if deadline <= now:
                         chunk = pb.take(now)
                         await self._flush()  # audio_start goes before its first frame

@@ -375,7 +375,8 @@ class Playback:
         self._anchor_n += 1
         if now > play_at + LATE_S:
             self.stats.late_frames += 1
-        self.stats.observe_lag(max(0.0, now - (play_at - self.lead_s)))
+        # Late against when it was allowed out: a lead burst's frames may go at the anchor.
+        self.stats.observe_lag(max(0.0, now - max(self._anchor_t, play_at - self.lead_s)))
         u.audio.append(data)
         u.sent += real
         u.sent_max = max(u.sent_max, u.sent)
