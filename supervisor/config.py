@@ -127,6 +127,12 @@ def check_remote(settings: Settings) -> None:
 
     remote = settings.remote
     if not remote.listen:
+        if remote.only:
+            kinds = " and ".join(remote.only)
+            raise ConfigError(
+                f"remote.only leaves {kinds} to workers, but no worker can join without "
+                "remote.listen (voxmesh up --listen tcp://HOST:PORT)"
+            )
         return
     try:
         curve.read_pair(remote.key)

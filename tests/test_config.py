@@ -203,3 +203,12 @@ def test_allow_unauthenticated_flag_and_setting(tmp_path: Path) -> None:
     assert up_config(args).server.allow_unauthenticated is True
     allowed = write(tmp_path, '[server]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n')
     up_config(parse_up(["--config", str(allowed)]))
+
+
+def test_remote_only_without_listen_is_refused_at_start() -> None:
+    from voxmesh.mesh.settings import RemoteSettings, Settings
+
+    settings = Settings(remote=RemoteSettings(only=("asr",)))
+    with pytest.raises(ConfigError, match=r"remote\.only leaves asr to workers.*--listen"):
+        config.check_remote(settings)
+    config.check_remote(Settings())  # nothing remote: nothing to check
