@@ -19,7 +19,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import curve, protocol
 from .protocol import Message, ProtocolError
-from .sockets import Counters, Readable, configure, log, log_drop, recv_all
+from .sockets import Counters, Readable, close_monitored, configure, log, log_drop, recv_all
 
 _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
@@ -113,13 +113,8 @@ class DataSocket:
         for readable in self._readables:
             readable.close()
         self._readables = []
-        if self._sock is not None:
-            self._sock.disable_monitor()
-            self._sock.close(linger=0)
-            self._sock = None
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-            self._monitor = None
+        close_monitored(self._sock, self._monitor)
+        self._sock = self._monitor = None
 
     def close(self) -> None:
         self._closed = True

@@ -24,7 +24,16 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import curve, protocol
 from .protocol import Heartbeat, Hello, Message, ProtocolError
-from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
+from .sockets import (
+    RECV_BATCH,
+    Counters,
+    Readable,
+    close_monitored,
+    configure,
+    log,
+    log_drop,
+    recv_all,
+)
 
 BACKOFF_MAX_S = 4.0
 
@@ -100,13 +109,8 @@ class Link:
             if readable is not None:
                 readable.close()
         self._readable = self._monitor_readable = None
-        if self._sock is not None:
-            self._sock.disable_monitor()
-            self._sock.close(linger=0)
-            self._sock = None
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-            self._monitor = None
+        close_monitored(self._sock, self._monitor)
+        self._sock = self._monitor = None
 
     def _drain_monitor(self) -> None:
         if self._monitor is None:

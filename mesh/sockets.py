@@ -70,6 +70,17 @@ class Readable:
         self.loop.remove_reader(self._fd)
 
 
+def close_monitored(
+    sock: zmq.Socket[bytes] | None, monitor: zmq.Socket[bytes] | None
+) -> None:
+    """Close a socket and the PAIR its monitor writes to, neither waiting (linger 0)."""
+    if sock is not None:
+        sock.disable_monitor()
+        sock.close(linger=0)
+    if monitor is not None:
+        monitor.close(linger=0)
+
+
 def recv_all(sock: zmq.Socket[bytes], limit: int = RECV_BATCH) -> list[list[bytes]]:
     """Every multipart message waiting on ``sock`` (at most ``limit``), without blocking."""
     out: list[list[bytes]] = []
