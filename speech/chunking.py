@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import re
 
+from voxmesh.mesh.settings import TtsSettings
+
+# The router's first chunk (tts.first_chunk_words): tests that predict the mesh's audio
+# chunk as it does.
+FIRST_MAX_WORDS = TtsSettings.first_chunk_words
+
 ABBREVIATIONS = frozenset(
     {
         *("mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e"),
@@ -95,7 +101,7 @@ class SentenceChunker:
     once the next word's first letter shows it is not "e.g. this".
     """
 
-    def __init__(self, first_max_words: int = 6, max_words: int = 40) -> None:
+    def __init__(self, first_max_words: int = FIRST_MAX_WORDS, max_words: int = 40) -> None:
         self.first_max_words = first_max_words
         self.max_words = max_words
         self._buf = ""
@@ -178,7 +184,9 @@ class SentenceChunker:
         return [" ".join(p) for p in _split_long(words, self.max_words)] if words else []
 
 
-def split_for_speech(text: str, first_max_words: int = 6, max_words: int = 40) -> list[str]:
+def split_for_speech(
+    text: str, first_max_words: int = FIRST_MAX_WORDS, max_words: int = 40
+) -> list[str]:
     """All chunks of a complete reply, first one short. Never splits inside a word."""
     chunker = SentenceChunker(first_max_words, max_words)
     return chunker.push(text) + chunker.flush()

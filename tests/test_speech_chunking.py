@@ -59,12 +59,12 @@ REPLIES = [
     ],
 )
 def test_split_for_speech(text: str, chunks: list[str]) -> None:
-    assert split_for_speech(text) == chunks
+    assert split_for_speech(text, first_max_words=6) == chunks
 
 
 def test_cut_before_a_conjunction() -> None:
     text = "I believe we should probably wait until the rain stops before leaving."
-    assert split_for_speech(text) == [
+    assert split_for_speech(text, first_max_words=6) == [
         "I believe we should probably wait",
         "until the rain stops before leaving.",
     ]
