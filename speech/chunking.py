@@ -38,6 +38,15 @@ _SOFT_CUT = frozenset(
         *("while", "if", "than", "then", "until", "unless", "although", "though", "since"),
     }
 )
+# Words that lead into the next one: a chunk ending on one is said with a falling end and the
+# next chunk starts cold ("My brother plays the" / "guitar..." came back from Whisper as
+# "the It are"), so a hard cut moves before them.
+_LEADS_IN = frozenset(
+    {
+        *("a", "an", "the", "my", "your", "his", "her", "its", "our", "their", "this", "that"),
+        *("these", "those", "to", "of", "in", "on", "at", "for", "with", "from", "by", "very"),
+    }
+)
 _TERMINATOR = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*$")
 _MARKUP = "*#`"  # markdown a voice would read out
 _BULLET = re.compile(r"^(?:[-+>\u2022]|\d{1,3}[.)])$")  # list markers at a line's start
@@ -77,7 +86,10 @@ def _first_cut(words: list[str], max_words: int, complete: bool) -> int | None:
     for i in range(max_words - 1, 1, -1):  # latest conjunction, leaving >= 2 words before it
         if words[i].lower().strip(",;:") in _SOFT_CUT:
             return i
-    return max_words
+    cut = max_words
+    while cut > 2 and words[cut - 1].lower() in _LEADS_IN:
+        cut -= 1
+    return cut
 
 
 def _split_long(words: list[str], max_words: int) -> list[list[str]]:

@@ -108,3 +108,14 @@ def test_streaming_releases_chunks_early() -> None:
     assert chunker.push(" big! ") == ["It is big!"]
     assert chunker.flush() == []
     assert chunker.push("Hi there. ") == [] and chunker.flush() == ["Hi there."]  # reusable
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("My brother plays the guitar every evening.", "My brother plays"),
+        ("Please bring me a glass of cold water.", "Please bring me"),
+    ],
+)
+def test_a_hard_cut_never_leaves_an_article_or_preposition_hanging(text: str, first: str) -> None:
+    assert split_for_speech(text, first_max_words=4)[0] == first
