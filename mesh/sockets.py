@@ -70,9 +70,7 @@ class Readable:
         self.loop.remove_reader(self._fd)
 
 
-def close_monitored(
-    sock: zmq.Socket[bytes] | None, monitor: zmq.Socket[bytes] | None
-) -> None:
+def close_monitored(sock: zmq.Socket[bytes] | None, monitor: zmq.Socket[bytes] | None) -> None:
     """Close a socket and the PAIR its monitor writes to, neither waiting (linger 0)."""
     if sock is not None:
         sock.disable_monitor()
