@@ -86,9 +86,9 @@ class ServerSettings:
         low=0,
     )
     aec: Literal["server", "client", "off"] = setting(
-        "off",
+        "server",
         "echo cancellation for a WebSocket client whose hello names none: server (AEC3 here, "
-        "experimental: it still hurts ASR during double talk), client (it cancels its own), off",
+        "only once an echo path is measured), client (it cancels its own), off",
     )
     aec_gate_db: float = setting(
         20.0,

@@ -2,10 +2,12 @@
 
 The client (``bench/echo.py``'s ``Speakerphone``) plays the reply like the page does and
 mixes what it played back into its mic through a synthetic room, at -10 dB relative to the
-user's speech and 80 ms late. With the server's echo cancellation (the default for a
-WebSocket client) the reply plays to its end; with ``"aec": "off"`` the echo pauses the bot
-(so the first test cannot pass for want of echo); a real interruption over the echo still
-stops the reply. Then the barge-in policy's own rules, without a mesh.
+user's speech and 80 ms late. With the server's echo cancellation the reply plays to its
+end; with ``"aec": "off"`` the echo pauses the bot (so the first test cannot pass for want
+of echo); a real interruption over the echo still stops the reply. Then, without a mesh:
+the canceller on the bench's offline mixes (a headset keeps its mic untouched, a
+speakerphone's echo never makes a Silero onset, even with the client running dry between
+reply chunks), the reference's timeline, and the barge-in policy's own rules.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
 from voxmesh.actors.router.turns import interrupts
-from voxmesh.bench.echo import Speakerphone
+from voxmesh.actors.transport.echo import AEC3_LATENCY, Path, Reference
+from voxmesh.bench.echo import Mix, Speakerphone, offline_mix, onsets, voiced_pass
 from voxmesh.client import MicStream, WsClient, event_is
 from voxmesh.mesh.protocol import Stop, Transcript
 
@@ -151,3 +154,74 @@ def test_the_speakerphone_room_delays_the_echo_and_keeps_its_level() -> None:
     h = room_response(DELAY_MS)
     assert np.flatnonzero(h)[0] == int(DELAY_MS * RATE / 1000)
     assert abs(float(np.sum(h**2)) - 1.0) < 1e-9
+
+
+# --- the canceller alone, on the bench's offline mixes ----------------------------------------
+
+USER_AT_S = 2.5
+
+
+def user_clip() -> np.ndarray:
+    return piper_wav(BARGE_IN)[0]
+
+
+def test_a_headset_keeps_every_word_while_the_bot_talks() -> None:
+    clip = user_clip()
+    r = offline_mix(Mix(None, 0.0, user=clip, user_at_s=USER_AT_S))
+    assert r.canceller.path.state == Path.NONE
+    at = int(USER_AT_S * RATE)
+    assert voiced_pass(r.user[at : at + clip.size], r.out[at : at + clip.size]) == 1.0
+    assert np.array_equal(r.out[at:], r.mic[at:])  # nothing of AEC3 touches it
+
+
+def test_a_speakerphone_echo_never_starts_speech_even_across_chunk_gaps() -> None:
+    r = offline_mix(Mix(-10.0, 100.0))
+    assert r.canceller.stats.resumes >= 5  # the client ran dry between the reply's chunks
+    assert r.canceller.path.state == Path.ECHO
+    assert onsets(r.mic), "the raw echo should look like speech to Silero"
+    assert onsets(r.out) == []
+    assert r.erle_db >= 25.0
+
+
+def test_a_user_barging_in_over_the_echo_reaches_vad_and_asr() -> None:
+    clip = user_clip()
+    r = offline_mix(Mix(-10.0, 100.0, user=clip, user_at_s=USER_AT_S, pause_ms=150.0))
+    at = int(USER_AT_S * RATE)
+    assert voiced_pass(r.user[at : at + clip.size], r.out[at : at + clip.size]) >= 0.8
+    assert onsets(r.out), "the user's words must still start speech"
+
+
+def test_the_reference_carries_the_silence_the_client_played_between_chunks() -> None:
+    ref = Reference()
+    chunk = np.full(320, 1000, np.int16)
+    ref.sent(0, chunk, near=100)  # the client starts it at mic sample ~100
+    ref.ack(160, near=260)  # in step with the model: nothing moves
+    assert ref.read(100, 320).tolist() == chunk.tolist()
+    # The TTS is late: the client runs dry at 420 and the next chunk comes at 900.
+    assert not ref.read(420, 480).any()  # the silence the client really played
+    ref.sent(320, chunk * 2, near=900)
+    assert ref.read(900, 320).tolist() == (chunk * 2).tolist()
+    assert ref.resumes == 1 and ref.reanchors == 0
+
+
+def test_a_clear_ends_the_reference_where_the_client_stopped() -> None:
+    ref = Reference()
+    ref.sent(0, np.full(3200, 1000, np.int16), near=0)
+    ref.ack(800, near=800)
+    ref.ack(800, near=1600)  # the count stands still: it dropped the rest (a clear)
+    assert not ref.read(1600, 1600).any()
+
+
+def test_aec3_output_lags_its_input_by_the_latency_the_gate_assumes() -> None:
+    from livekit.rtc import AudioFrame, AudioProcessingModule
+
+    apm = AudioProcessingModule(echo_cancellation=True)
+    x = np.zeros(8000, np.int16)
+    x[4000] = 20000
+    out = np.zeros_like(x)
+    for i in range(0, x.size, 160):
+        apm.process_reverse_stream(AudioFrame(bytes(320), RATE, 1, 160))
+        frame = AudioFrame(x[i : i + 160].tobytes(), RATE, 1, 160)
+        apm.process_stream(frame)
+        out[i : i + 160] = np.frombuffer(frame.data, np.int16)
+    assert int(np.argmax(np.abs(out))) - 4000 == AEC3_LATENCY

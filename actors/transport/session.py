@@ -150,11 +150,7 @@ class Session:
         self.aec = mode
         if mode != "server" or self.echo is not None:
             return
-        echo = EchoCanceller(
-            gate_db=settings.aec_gate_db,
-            hangover_ms=settings.aec_hangover_ms,
-            lead_s=self.pacer.playback.lead_s,
-        )
+        echo = EchoCanceller(gate_db=settings.aec_gate_db, hangover_ms=settings.aec_hangover_ms)
         self.echo = echo
         self.mic.clean = echo.process
         self.playback.far_end = lambda pos, pcm: echo.far(pos, pcm, self.mic.received)
@@ -203,19 +199,7 @@ class Session:
         if tell_router:
             self.owner.send(SessionClose(session=self.session_id, reason=reason))
         if self.echo is not None:
-            st = self.echo.stats
-            log.info(
-                "transport %s: echo: %d frames, %d cancelled, %d gated, %d re-anchored, "
-                "ERL %.1f dB, ERLE %.1f dB, %.2f %% of a core while cancelling",
-                self.session_id,
-                st.frames,
-                st.cancelled,
-                st.gated,
-                st.reanchors,
-                self.echo.erl_db,
-                st.erle_db,
-                100 * st.cpu_s / max(st.cancelled * 0.01, 1e-9),
-            )
+            log.info("transport %s: %s", self.session_id, self.echo.summary())
         self.slot.release()
         self.owner.session_closed(self)
 
