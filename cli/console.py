@@ -11,7 +11,7 @@ latency (the end of your speech leaving this client -> its first reply frame rec
 speech end is the mesh's own ``vad`` ``speech_end`` sample). ``played`` acks report what
 the speaker really played, so an interrupted reply resumes where you stopped hearing it.
 
-Without echo cancellation the microphone hears the speaker: use headphones. No audio
+The server cancels the speaker's echo in the mic (server.aec, the default). No audio
 library, no PortAudio, no input or output device: one line, exit 1, before connecting.
 Ctrl-C ends the session (exit 0).
 """
@@ -189,7 +189,7 @@ async def _console(
         print(
             f"voxmesh console: mic {mic_info.get('name')!r} at {rate} Hz, speaker "
             f"{speaker_info.get('name')!r}; session {client.session_id}; Ctrl-C to stop "
-            "(use headphones: the mic hears the speaker)",
+            "(the server cancels the speaker's echo; headphones hear best)",
             flush=True,
         )
         with mic_stream, out_stream:
