@@ -178,7 +178,8 @@ def cough(seed: int) -> np.ndarray:
 @functools.cache
 def reply48() -> np.ndarray:
     """The bot's reply as the transport sends it: Piper, 48 kHz, at the TTS level."""
-    x = np.concatenate(list(speech.piper().synthesize(REPLY, first=True))).astype(np.float64)
+    x = np.concatenate(list(speech.steady_piper().synthesize(REPLY, first=True)))
+    x = x.astype(np.float64)
     x *= REF_RMS / max(float(np.sqrt(np.mean(x**2))), 1.0)
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 

@@ -65,6 +65,15 @@ def piper() -> PiperSpeaker:
 
 
 @functools.cache
+def steady_piper() -> PiperSpeaker:
+    """Piper without its sampling noise: the same audio in every run, for offline mixes
+    whose seeds must be the only thing that varies."""
+    from voxmesh.speech.piper_voice import PiperSpeaker
+
+    return PiperSpeaker(noise_scale=0.0, noise_w_scale=0.0)
+
+
+@functools.cache
 def whisper() -> WhisperAsr:
     from voxmesh.speech.asr import WhisperAsr
 
