@@ -55,19 +55,6 @@ def mock_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProc]:
         yield mesh
 
 
-def steady_piper(text: str) -> np.ndarray:
-    """Piper (joe) saying ``text`` at 16 kHz, the same on every run (no sampling noise)."""
-    from piper import PiperVoice, SynthesisConfig
-
-    from voxmesh.speech.assets import piper_voice_paths
-
-    voice = PiperVoice.load(*piper_voice_paths())
-    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, steady)])
-    audio = soxr.resample(audio, voice.config.sample_rate, RATE)
-    return np.rint(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def whisper() -> WhisperAsr:
     return WhisperAsr(cpu_threads=1)
@@ -168,7 +155,7 @@ async def test_short_noise_pauses_then_resumes_without_losing_a_sample(
     mock_mesh: MeshProc,
 ) -> None:
     text, seconds = BURST
-    pcm = steady_piper(text)
+    pcm = piper_wav(text)[0]
     first = speech_bounds(pcm)[0]
     burst = pcm[first : first + int(seconds * RATE)]
     total = mock_samples(MOCK_REPLY)

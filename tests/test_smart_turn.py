@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from speechgen import piper_wav, speech_bounds, steady_piper
+from speechgen import piper_wav, speech_bounds
 
 from voxmesh.speech import smart_turn, vad
 from voxmesh.speech.smart_turn import WINDOW, SmartTurn, features
@@ -84,7 +84,7 @@ def test_features_match_faster_whisper(seconds: float) -> None:
 
 
 def spoken(text: str, tail_ms: int) -> np.ndarray:
-    pcm = steady_piper(text)
+    pcm = piper_wav(text)[0]
     a, b = speech_bounds(pcm)
     zeros = np.zeros  # before the onset as the VAD actor gives it, and the pause so far
     return np.concatenate([zeros(RATE // 2, np.int16), pcm[a:b], zeros(RATE * tail_ms // 1000)])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from meshproc import MeshProc, mesh_up
-from speechgen import speech_bounds, steady_piper
+from speechgen import piper_wav, speech_bounds
 
 from voxmesh.client import MicStream, WsClient
 from voxmesh.speech.wer import word_error_rate
@@ -39,7 +39,7 @@ def smart_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProc]:
 def voiced(text: str) -> np.ndarray:
     """Piper's audio up to its last voiced sample (the same every run: the model's verdicts
     too). Its start is kept whole: trimmed at 5 % of the peak, "Sure." loses its "Sh"."""
-    pcm = steady_piper(text)
+    pcm = piper_wav(text)[0]
     return pcm[: speech_bounds(pcm)[1]]
 
 
