@@ -22,11 +22,14 @@ PIP := $(PYTHON) -m pip --disable-pip-version-check
 BIN := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 APT_NEED := bash scripts/apt-need.sh
-# for the tests: espeak-ng (test speech), PortAudio (voxmesh console); chromium (the page test);
+# for the tests: espeak-ng (test speech), PortAudio (voxmesh console), PulseAudio with ALSA's
+# pulse plugin (the console's virtual mic and speaker); chromium (the page test);
 # a C compiler, pkg-config and libzmq with CURVE (the C peer of examples/c-tts)
 APT_C := cc=gcc pkg-config=pkg-config \
   $(if $(shell pkg-config --exists libzmq 2>/dev/null && echo y),,-=libzmq3-dev)
-APT_DEV := espeak-ng=espeak-ng lib:portaudio=libportaudio2 $(APT_C)
+APT_DEV := espeak-ng=espeak-ng lib:portaudio=libportaudio2 pulseaudio=pulseaudio \
+  pactl=pulseaudio-utils $(if $(wildcard /usr/lib*/alsa-lib/libasound_module_pcm_pulse.so \
+  /usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so),,-=libasound2-plugins) $(APT_C)
 APT_BROWSER := $(if $(VOXMESH_CHROMIUM),,chromium|chromium-browser=chromium)
 # the tests that need neither a browser nor livekit-server (markers set in tests/conftest.py)
 QUICK_TESTS := -m "not browser and not livekit"
@@ -54,7 +57,7 @@ up: install
 
 dev: $(STAMP)/dev smart-turn
 
-$(STAMP)/dev: pyproject.toml $(PYTHON_DEP)
+$(STAMP)/dev: pyproject.toml Makefile $(PYTHON_DEP)
 	$(PIP) install -q -e '.[dev,console]'
 	@$(APT_NEED) $(APT_DEV)
 	@mkdir -p $(STAMP) && touch $@

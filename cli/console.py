@@ -12,13 +12,17 @@ speech end is the mesh's own ``vad`` ``speech_end`` sample). ``played`` acks rep
 the speaker really played, so an interrupted reply resumes where you stopped hearing it.
 
 The server cancels the speaker's echo in the mic (server.aec, the default). No audio
-library, no PortAudio, no input or output device: one line, exit 1, before connecting.
-Ctrl-C ends the session (exit 0).
+library, no PortAudio, no input or output device: one line, exit 1, before connecting; the
+microphone or speaker stopping mid-session (a device unplugged, the sound server gone): one
+line, exit 1. Ctrl-C ends the session (exit 0). Tested for real through a PulseAudio server
+with virtual devices (tests/test_console_audio.py: PortAudio's ALSA host API, ALSA's pulse
+plugin).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +201,7 @@ async def _console(
                 view = ConsoleView(client, mic, speaker)
                 acks = asyncio.create_task(view.ack_loop())
                 try:
-                    await view.run(stop)
+                    await view.run(stop, lambda: mic_stream.active and out_stream.active)
                 finally:
                     acks.cancel()
                     await asyncio.gather(acks, *view.acks, return_exceptions=True)
@@ -221,16 +225,25 @@ class ConsoleView:
         self.reply_text = ""
         self.acks: list[asyncio.Future[None]] = []  # acks sent at once, after a clear
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, audio_running: Callable[[], bool]) -> None:
+        """Until ``stop``; a CliError when the mesh closes the session or the audio streams
+        stop (``audio_running``: PortAudio ends a stream whose device or sound server went
+        away, and nothing else would tell: the console would sit there deaf and mute)."""
         client = self.client
         while not stop.is_set():
             if client.closed.is_set():
                 raise CliError("the mesh closed the session")
+            if not audio_running():
+                raise CliError(
+                    "the microphone or the speaker stopped (the audio device or the sound "
+                    "server went away)"
+                )
             try:
                 await client.wait_until(
                     lambda: (
                         stop.is_set()
                         or client.closed.is_set()
+                        or not audio_running()
                         or len(client.events) > self.n_events
                         or len(client.frames) > self.n_frames
                     ),
