@@ -111,12 +111,21 @@ class TurnRecord:
         }
 
 
-def barge_in(record: TurnRecord | None, action: str) -> None:
+def barge_in(record: TurnRecord | None, action: str, session: str, why: str) -> None:
     """User speech over a reply: ``pause`` at the onset, ``stop`` once it is an interruption
-    (``record``: the reply's, None for one adopted from an earlier router)."""
+    (``record``: the reply's, None for one adopted from an earlier router); ``why`` goes to
+    the DEBUG log, for "why did it stop?"."""
     metrics.BARGE_INS.labels(action=action).inc()
+    log.debug("barge-in %s session=%s: %s", action, session, why)
     if record is not None:
         record.barge_in(action)
+
+
+def barge_in_heard(session: str, text: str, no_speech: float) -> None:
+    """What ASR made of speech over a reply (it decides: words stop the bot)."""
+    log.debug(
+        "barge-in session=%s: ASR heard %r (no_speech %.2f)", session, text[:TEXT_MAX], no_speech
+    )
 
 
 def session_opened(session: str, client: str, slot: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -78,14 +79,24 @@ FILLERS = frozenset(
 )
 
 
+# A hum held longer is still a hum: Whisper writes espeak's "Mm-hmm." as "Mmmmm", and a
+# long "uh" as "Uhhh"; repeated letters collapse before the FILLERS check ("mmmmm" -> "m").
+_REPEATS = re.compile(r"(.)\1+")
+
+
 def has_words(text: str) -> bool:
-    """Does ASR's ``text`` hold a word? Fillers, and the lone letters Whisper writes for a
-    hum or an "ah" ("H", "X", "I"), do not count."""
+    """Does ASR's ``text`` hold a word? Fillers, however long held, and the lone letters
+    Whisper writes for a hum or an "ah" ("H", "X", "I"), do not count."""
     return bool(_words(text))
 
 
+def _is_filler(word: str) -> bool:
+    held = _REPEATS.sub(r"\1", word)
+    return word in FILLERS or held in FILLERS or held == "m"
+
+
 def _words(text: str) -> list[str]:
-    return [w for w in normalize_text(text) if w not in FILLERS and len(w) > 1]
+    return [w for w in normalize_text(text) if len(w) > 1 and not _is_filler(w)]
 
 
 # What a listener says to keep the speaker going: heard alone during a reply, the bot
@@ -245,7 +256,7 @@ class TurnEngine:
         self.out.event(s, events.Vad(event="speech_start", sample=ev.sample).as_dict())
         if s.state == State.SPEAKING:
             self._pause_output(s)
-            turnlog.barge_in(self._record(s), "pause")
+            turnlog.barge_in(self._record(s), "pause", s.id, "speech over the reply")
             s.onset_sample = ev.sample
             s.cancel_timer()
             s.onset_at = self.clock.now()
@@ -257,7 +268,7 @@ class TurnEngine:
         elif s.state == State.PAUSED:  # speech again before the last burst was judged
             s.burst_end = None
             if s.confirm_due:
-                self._interrupt(s)
+                self._interrupt(s, "speech again after interrupt_min_ms")
         elif s.state == State.THINKING:
             # The user went on talking before the reply played: drop it, keep the turn whole.
             self._stop_output(s)
@@ -288,7 +299,7 @@ class TurnEngine:
     def _speech_resume(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = True
         if s.state == State.PAUSED and s.confirm_due:
-            self._interrupt(s)
+            self._interrupt(s, "speech again after interrupt_min_ms")
         elif s.state == State.PAUSED:
             s.burst_end = None  # the burst goes on: no resume on its first silence
         elif s.state == State.SPEAKING:  # resumed at the burst's silence, and it goes on
@@ -324,7 +335,7 @@ class TurnEngine:
         # ("okaaay" outlasts interrupt_min_ms): then its answer, the burst's end or
         # BACKCHANNEL_MAX_S decides (poll_partials).
         if s.vad_speaking and not (s.backchannel or s.partial_inflight_since):
-            self._interrupt(s)
+            self._interrupt(s, "speech for interrupt_min_ms")
         else:
             s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
 
@@ -334,11 +345,11 @@ class TurnEngine:
         self.out.to_transport(Release(session=s.id, epoch=s.epoch))
         self._set_state(s, State.SPEAKING)
 
-    def _interrupt(self, s: Session) -> None:
+    def _interrupt(self, s: Session, why: str) -> None:
         """A real interruption: the bot yields the floor to the user's new turn."""
         burst_end, over = s.burst_end, s.burst_over
         s.cancel_timer()
-        turnlog.barge_in(self._record(s), "stop")
+        turnlog.barge_in(self._record(s), "stop", s.id, why)
         self._stop_output(s)
         self._new_turn(s, self._barge_in_start(s))
         self._set_state(s, State.USER_SPEAKING)
@@ -363,8 +374,11 @@ class TurnEngine:
                 return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
                 self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
+            if s.state == State.PAUSED:
+                turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
             if s.state == State.PAUSED and interrupts(tr.text, tr.no_speech):
-                self._interrupt(s)  # ASR hears words: not a cough, not a backchannel
+                # ASR hears words: not a cough, not a backchannel
+                self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
             elif s.state == State.PAUSED and s.burst_end is not None:
                 self._resume(s)
             elif s.state == State.PAUSED:
@@ -405,7 +419,7 @@ class TurnEngine:
         if s.state not in (State.USER_SPEAKING, State.PAUSED):
             return
         if s.state == State.PAUSED and s.vad_speaking and now - s.onset_at >= BACKCHANNEL_MAX_S:
-            self._interrupt(s)  # no backchannel goes on this long
+            self._interrupt(s, "speech for BACKCHANNEL_MAX_S")  # no backchannel is this long
             return
         interval = self.cfg.partial_interval_ms / 1000
         stale = now - s.partial_inflight_since > 2 * interval
