@@ -10,11 +10,10 @@ wakes us), or new frames in the ring (the TTS's write rings the doorbell that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from voxmesh.mesh.doorbell import SAFETY_S, Doorbell
@@ -34,20 +33,18 @@ SLOW_READER_S: Final = ServerSettings.slow_reader_s
 # due within that ms centres the error on the grid (the client's lead absorbs 1 ms early).
 EARLY_S: Final = 0.001
 
-# A slow reader is a client whose write has been held back for ``slow_reader_s``: every
-# write to the client is awaited under that timeout. This is the cleanest signal we have:
-# a write blocks only on the connection's own flow control (once the kernel's buffers are
-# full, the transport's user-space buffer grows; past its 64 KiB high-water mark aiohttp
-# waits for it to drain, checking every 256 KiB written, so at most ~300 KiB, 3 s of audio,
-# are queued), so it fires exactly when the client has not taken our bytes for that long,
-# counts frames and events alike (they queue behind the blocked write), needs no polling
-# or private aiohttp state, and works for every ClientLink. Sampling the transport's
-# ``get_write_buffer_size()`` would need a poller per socket and a bound tuned to aiohttp's
-# drain points; the outbox grows only while a write is blocked, a late copy of this signal.
-
-
-class SlowReader(Exception):
-    """A write to the client was held back for ``slow_reader_s`` (see above)."""
+# A slow reader is a client whose write has been held back for ``slow_reader_s``. This is
+# the cleanest signal we have: a write blocks only on the connection's own flow control
+# (once the kernel's buffers are full, the transport's user-space buffer grows; past its 64
+# KiB high-water mark aiohttp waits for it to drain, checking every 256 KiB written, so at
+# most ~300 KiB, 3 s of audio, are queued), so it fires exactly when the client has not
+# taken our bytes for that long, counts frames and events alike (they queue behind the
+# blocked write), needs no private aiohttp state, and works for every ClientLink. Each
+# write only notes when it began; one timer per pacer looks every STALL_CHECKS-th of
+# ``slow_reader_s`` (an ``asyncio.timeout`` around every write was 16 % of the transport's
+# samples at 16 sessions: a timer armed and cancelled 50 times a second per session), so a
+# stuck write is found after 1 to 1 + 1/STALL_CHECKS times ``slow_reader_s``.
+STALL_CHECKS: Final = 4
 
 
 class Wakeup:
@@ -116,6 +113,10 @@ class Pacer:
         self._outbox: deque[tuple[str, dict[str, Any]]] = deque()
         self._send_router = send_router
         self._poll_control = poll_control
+        self._writing_since: float | None = None  # the write in progress began then
+        self._stalled = False  # run()'s task was cancelled by _check_stall
+        self._task: asyncio.Task[None] | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     # --- PlaybackSink (and the session's own events) ----------------------------------------
 
@@ -132,17 +133,23 @@ class Pacer:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[None]:
-        """One write to the client: SlowReader if it is held back ``slow_reader_s``."""
-        timeout = asyncio.timeout(self.slow_reader_s)
+    async def _write(self, write: Awaitable[None]) -> None:
+        """One write to the client, watched by _check_stall."""
+        self._writing_since = time.monotonic()
         try:
-            async with timeout:
-                yield
-        except TimeoutError:
-            if timeout.expired():
-                raise SlowReader from None
-            raise
+            await write
+        finally:
+            self._writing_since = None
+
+    def _check_stall(self) -> None:
+        since, task = self._writing_since, self._task
+        stuck = since is not None and time.monotonic() - since >= self.slow_reader_s
+        if stuck and task is not None:
+            self._stalled = True
+            task.cancel()  # run() ends with slow_reader set
+            return
+        loop = asyncio.get_running_loop()
+        self._stall_timer = loop.call_later(self.slow_reader_s / STALL_CHECKS, self._check_stall)
 
     @property
     def backlog(self) -> int:
@@ -152,19 +159,21 @@ class Pacer:
     async def _flush(self) -> None:
         while self._outbox:
             kind, payload = self._outbox.popleft()
-            async with self._writing():
-                if kind == "event":
-                    await self.link.send_event(payload)
-                    continue
-                if isinstance(self.link, DetailedClear):
-                    await self.link.clear_with(payload)
-                else:
-                    await self.link.clear()
+            if kind == "event":
+                await self._write(self.link.send_event(payload))
+                continue
+            if isinstance(self.link, DetailedClear):
+                await self._write(self.link.clear_with(payload))
+            else:
+                await self._write(self.link.clear())
             self.playback.clear_sent_at = time.monotonic()
 
     async def run(self) -> None:
         """Serve until cancelled; returns (after logging) if the client cannot be written."""
         pb = self.playback
+        self._task = asyncio.current_task()
+        self._stalled = False
+        self._check_stall()  # arms the watch
         try:
             while True:
                 self.wakeup.clear()
@@ -182,8 +191,7 @@ class Pacer:
                     if deadline <= now:
                         chunk = pb.take(now)
                         await self._flush()  # audio_start goes before its first frame
-                        async with self._writing():
-                            await self.link.send_audio(chunk.data)
+                        await self._write(self.link.send_audio(chunk.data))
                         pb.committed(chunk, time.monotonic())
                         continue
                 else:
@@ -199,14 +207,20 @@ class Pacer:
                 finally:
                     self.waiting_for_ring = False
         except asyncio.CancelledError:
-            raise
-        except SlowReader:
+            task = self._task
+            # Ours alone (not the session's own cancel as well): the client stopped reading.
+            if not (self._stalled and task is not None and task.uncancel() == 0):
+                raise
             self.slow_reader = True
             log.info(
                 "transport %s: slow reader: a write waited %.1f s", pb.session, self.slow_reader_s
             )
         except Exception as exc:  # the client is gone or stuck: the session owner cleans up
             log.info("transport %s: client write failed: %r", pb.session, exc)
+        finally:
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+            self._task = None
 
 
 def _earliest(*times: float | None) -> float | None:
