@@ -79,6 +79,13 @@ class ServerSettings:
     slow_reader_s: float = setting(
         5.0, "a client whose writes stay blocked this long is dropped (1008)", low=0.001
     )
+    realtime_priority: int = setting(
+        0,
+        "1-99: the transport (the frame clock) runs SCHED_RR at this priority, so busy model "
+        "actors cannot delay a frame; needs root or CAP_SYS_NICE / an rtprio limit; 0 off",
+        low=0,
+        high=99,
+    )
     partials_ms: int = setting(
         0,
         "partial transcripts for a client whose hello does not ask (and LiveKit's): every N "

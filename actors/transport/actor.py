@@ -19,6 +19,7 @@ from voxmesh.mesh import events, metrics
 from voxmesh.mesh.actor import Actor
 from voxmesh.mesh.errors import ErrorCode
 from voxmesh.mesh.protocol import ClientEvent, Hold, MeshHealth, Message, Release, Stop
+from voxmesh.mesh.realtime import use_round_robin
 from voxmesh.mesh.ring import FRAME_MS, OUT_RATE, RingSegment
 from voxmesh.mesh.settings import LiveKitSettings, ServerSettings
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
@@ -344,6 +345,7 @@ class TransportActor(Actor):
 
 
 def build(spec: ActorSpec) -> TransportActor:
-    return TransportActor(
-        spec.name, spec.place, spec.section(ServerSettings), spec.section(LiveKitSettings)
-    )
+    settings = spec.section(ServerSettings)
+    # Before the actor starts any thread (ZeroMQ's I/O thread): they inherit the policy.
+    use_round_robin(settings.realtime_priority, spec.name)
+    return TransportActor(spec.name, spec.place, settings, spec.section(LiveKitSettings))
