@@ -192,7 +192,7 @@ def grid_errors(frames: list[float], skip: int) -> list[float]:
     return list(np.abs(offset - np.median(offset)) * 1e3)
 
 
-async def _stream_run(mesh: Mesh, n: int, text: str) -> list[list[float]]:
+async def stream_run(mesh: Mesh, n: int, text: str) -> list[list[float]]:
     """``n`` sessions each play ``text`` to the end; every session's frame arrival times."""
     async with contextlib.AsyncExitStack() as stack:
         clients = await _clients(mesh, n, stack)
@@ -215,7 +215,7 @@ async def _stream_run(mesh: Mesh, n: int, text: str) -> list[list[float]]:
 LAG_METRIC = "voxmesh_transport_send_lag_seconds"
 
 
-def _send_lag(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def send_lag(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """The transport's send lag p50/p99 (ms) between two scrapes."""
     return {
         f"send_lag_p{round(q * 100)}_ms": round(1e3 * v, 2)
@@ -255,12 +255,12 @@ def _scale_mock(ctx: BenchContext, out: Outcome) -> None:
     reached, held = 0, True
     for n in ladder:
         m0, cpu0, t0 = mesh.metrics(), mesh.cpu_s(), time.monotonic()
-        per_session = asyncio.run(_stream_run(mesh, n, text))
+        per_session = asyncio.run(stream_run(mesh, n, text))
         pct, m1 = mesh.cpu_pct_since(cpu0, t0), mesh.metrics()
         errors = [grid_errors(f, skip) for f in per_session]
         flat = [e for errs in errors for e in errs]
         extra = {
-            **_send_lag(m0, m1),
+            **send_lag(m0, m1),
             "underruns": _metric_delta(m0, m1, "underruns"),
             "late_frames": _metric_delta(m0, m1, "late_frames"),
             "dropped_frames": sum(max(0, expected - len(f)) for f in per_session),
@@ -319,7 +319,7 @@ def _scale_piper(ctx: BenchContext, out: Outcome) -> None:
         pct, wall, lag = (
             mesh.cpu_pct_since(cpu0, t0),
             time.monotonic() - t0,
-            _send_lag(m0, mesh.metrics()),
+            send_lag(m0, mesh.metrics()),
         )
         above_idle_s = max(0.0, pct - idle) / 100 * wall
         row = fig.add(

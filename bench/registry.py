@@ -20,6 +20,7 @@ from .report import Figure
 SCENARIO_MODULES = (
     "planes",
     "mesh_scenarios",
+    "pacing",
     "voice_scenarios",
     "turns",
     "tts_actors",
