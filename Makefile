@@ -83,10 +83,11 @@ test-quick: dev examples
 
 # mypy must see the tree as the package voxmesh (the repo root is the package): a link
 # named voxmesh in a temp dir gives it that name without an install.
-MYPY_PACKAGES := -p voxmesh.mesh -p voxmesh.supervisor -p voxmesh.actors -p voxmesh.cli -p voxmesh.client
+MYPY_PACKAGES := -p voxmesh.mesh -p voxmesh.supervisor -p voxmesh.actors -p voxmesh.cli -p voxmesh.client \
+  -p voxmesh.bench
 
 lint: dev
-	@echo "lint: ruff + mypy (strict on mesh/, supervisor/, actors/, cli/, client/)"
+	@echo "lint: ruff + mypy (strict on mesh/, supervisor/, actors/, cli/, client/, bench/)"
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	@d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/voxmesh" && \

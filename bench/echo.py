@@ -181,7 +181,8 @@ def reply48() -> np.ndarray:
     x = np.concatenate(list(speech.steady_piper().synthesize(REPLY, first=True)))
     x = x.astype(np.float64)
     x *= REF_RMS / max(float(np.sqrt(np.mean(x**2))), 1.0)
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+    out: np.ndarray = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+    return out
 
 
 TICK = RATE // 50  # the client's 20 ms mic packet

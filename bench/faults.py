@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -237,6 +238,11 @@ def _longest_gap(times: list[float], t0: float, t1: float) -> float:
     return float(np.max(np.diff(edges))) * 1e3
 
 
+def _frames_since(client: WsClient, t: float, n: int) -> bool:
+    """Has ``client`` received ``n`` frames after monotonic time ``t``?"""
+    return sum(f.t > t for f in client.frames) >= n
+
+
 async def _trial(mesh: Mesh, actor: str) -> Trial:
     trial = Trial(actor)
     await asyncio.to_thread(wait_ready, mesh)
@@ -250,7 +256,7 @@ async def _trial(mesh: Mesh, actor: str) -> Trial:
             t_talk = time.monotonic()
             await asyncio.gather(
                 *(
-                    c.wait_until(lambda c=c: sum(f.t > t_talk for f in c.frames) >= 25, 10.0)
+                    c.wait_until(functools.partial(_frames_since, c, t_talk, 25), 10.0)
                     for c in clients
                 )
             )  # every session is mid-reply now

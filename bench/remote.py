@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -86,7 +87,7 @@ class DelayRelay:
         for listen, upstream in self.targets.items():
             self._loop.run_until_complete(
                 asyncio.start_server(
-                    lambda r, w, up=upstream: self._serve(r, w, up), "127.0.0.1", listen
+                    functools.partial(self._serve, upstream=upstream), "127.0.0.1", listen
                 )
             )
         self._ready.set()

@@ -155,7 +155,11 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
     for mode, res in results.items():
         for kind in ("complete", "paused", "short"):
             rows = [r for r in res if r["set"] == kind]
-            v2v = [float(r["v2v"]) for r in rows if r["v2v"] is not None and not r["premature"]]
+            v2v = [
+                float(v)
+                for r in rows
+                if isinstance(v := r["v2v"], (int, float)) and not r["premature"]
+            ]
             edits = refs = 0
             for r in rows:
                 e, n = word_errors(_words(str(r["text"])), _words(str(r["heard"])))
