@@ -95,9 +95,7 @@ class RemoteAsrActor(RemoteReader, AsrActor):
         assert self.feed is not None
         if isinstance(msg, AsrRequest) and self.feed.covered(msg.session) < msg.end:
             key = (msg.final, msg.session)
-            old = self.parked.pop(key, None)
-            if old is not None:
-                old[1].cancel()  # overtaken, as the ASR's own queue would have it
+            self._cancel(key)  # one waiting is overtaken, as the ASR's own queue would have it
             later = asyncio.get_running_loop().call_later(MIC_WAIT_S, self._release, key, True)
             self.parked[key] = (msg, later)
             return

@@ -208,8 +208,13 @@ class RouterActor(Actor):
         if asr is not None and self._send(asr, msg):
             return
         self.counters.bump("no_asr")
-        if s is not None and s.final_request is not None:
-            # Held in the session: sent again when an ASR comes back (asr_back), within hold_s.
+        if s is not None:
+            self._owe_final(s)
+
+    def _owe_final(self, s: Session) -> None:
+        """A final transcript ``s`` waits for and no ASR can give now: it is held in the
+        session and asked again when an ASR comes back (asr_back), within hold_s."""
+        if s.final_request is not None:
             self._asr_due.setdefault(s.id, time.monotonic() + self.hold_s)
 
     def _reader(self, s: Session, kind: str) -> str | None:
@@ -415,8 +420,8 @@ class RouterActor(Actor):
                 taken = self._reader(s, peer.kind)
                 if peer.kind == "asr" and taken is not None:
                     self.engine.asr_back(s)
-                elif peer.kind == "asr" and s.final_request is not None:
-                    self._asr_due.setdefault(s.id, time.monotonic() + self.hold_s)
+                elif peer.kind == "asr":
+                    self._owe_final(s)
         self._publish_health()
 
     def health_states(self, now: float) -> dict[str, str]:
