@@ -2,7 +2,8 @@
 
 On a box shared with model actors, a frame is late when the pacer's thread waits for a core
 behind an ASR or TTS run; SCHED_RR lets it take the core at once (the pacer sleeps between
-frames, so it cannot starve the others: ~7 % of a core at 16 sessions, docs/bench.md).
+frames, so it leaves the others their cores: ~0.1 ms of CPU per frame, README "CPU and
+capacity").
 """
 
 from __future__ import annotations
