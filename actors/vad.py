@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 
 from voxmesh.mesh.actor import Actor
-from voxmesh.mesh.protocol import Message, SessionClose, SessionOpen, VadEvent
+from voxmesh.mesh.protocol import Message, SessionClose, SessionOpen, TurnWords, VadEvent
 from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, MIC_VAD, RingSegment
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.mesh.sockets import log
@@ -104,6 +104,10 @@ class VadActor(Actor):
                 self.idle.opened()
         elif isinstance(msg, SessionClose):
             self.sessions.pop(msg.session, None)
+        elif isinstance(msg, TurnWords):
+            known = self.sessions.get(msg.session)
+            if known is not None:
+                self._send(msg.session, known[1].words(msg.sample, msg.mid_sentence))
         else:
             self.counters.bump("unexpected")
 

@@ -415,6 +415,16 @@ class Transcript(Message):
     no_speech: float = 0.0  # Whisper's no-speech probability of the window (0: not known)
 
 
+@message(0x33)
+class TurnWords(Message):
+    """Router -> VAD: do the words ASR heard up to the pause at ``sample`` stop
+    mid-sentence ("I would like to go to")? Then the VAD keeps the turn open."""
+
+    session: str
+    sample: int
+    mid_sentence: bool
+
+
 # --- models (0x40-0x4f) ---------------------------------------------------------------------
 
 

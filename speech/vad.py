@@ -29,11 +29,17 @@ CHUNK = 512  # samples per model call (32 ms)
 CONTEXT = 64  # samples of the previous chunk the model sees before each chunk
 
 # When the turn model (speech/smart_turn.py) judges a pause, in ms of silence: at its first
-# silent chunk only; a pause after more speech is judged anew. A re-check as the silence grows
-# hears the silence itself as an ending: at 200 ms it ended 4 of 4 espeak and 1 of 3 Piper
-# sentences paused mid-way (0 of 7 without), and at 400-500 ms, even with a bar of 0.9, it
-# rescued none of the complete ones first called incomplete (bench/turns.py's clips).
-TURN_CHECKS_MS: tuple[int, ...] = (0,)
+# silent chunk, and once more at 200 ms if it called the turn unfinished; a pause after more
+# speech is judged anew. The re-check hears the silence itself as an ending: at 200 ms it
+# rescued 5 of 6 complete espeak sentences first called unfinished, but also ended 4 of 4
+# espeak and 1 of 3 Piper sentences paused mid-way; those end on a word a sentence does not
+# end on ("go to", "colour is"), and the router's words say so (``words``), which keeps
+# them open. At 400-500 ms, even with a bar of 0.9, it rescued none (bench/turns.py's clips).
+TURN_CHECKS_MS: tuple[int, ...] = (0, 200)
+# A "complete" verdict waits this long (of silence) for the router's words on the pause: they
+# come with the speculative transcript (~50-150 ms here), which the reply needs anyway; an
+# ASR that is slow or gone costs this much, not vad.max_silence_ms.
+WORDS_WAIT_MS = 300
 # Audio the turn model hears before the onset, as pipecat gives it (base_smart_turn.py).
 TURN_PRE_SPEECH = SAMPLE_RATE * 500 // 1000
 TURN_HISTORY = 8 * SAMPLE_RATE + TURN_PRE_SPEECH  # its 8 s window, with that pre-roll
@@ -106,6 +112,8 @@ class SpeechSegmenter:
     turn model's verdict: complete_silence_ms once it calls the turn complete, else
     max_silence_ms. ``check_due`` says when to ask it (TURN_CHECKS_MS), ``verdict`` takes
     its answer, which may end the turn at once; no I/O here, the caller runs the model.
+    ``words`` takes what the transcript up to the pause says: words that stop mid-sentence
+    keep the turn open to max_silence_ms whatever the model says.
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class SpeechSegmenter:
         self.complete_silence = sample_rate * complete_silence_ms // 1000
         self.max_silence = sample_rate * max_silence_ms // 1000
         self.checks = [sample_rate * ms // 1000 for ms in TURN_CHECKS_MS]
+        self.words_wait = sample_rate * WORDS_WAIT_MS // 1000
         self.pre_speech = sample_rate * TURN_PRE_SPEECH // SAMPLE_RATE
         self._token = 0  # one per pause: a verdict on an earlier pause is not this one's
         self._inflight: int | None = None  # the check being run (one at a time)
@@ -152,6 +161,7 @@ class SpeechSegmenter:
         self._floor = 0  # segments never reach back before the previous one's end
         self._seen = 0  # end of the last chunk fed
         self.complete: bool | None = None  # the turn model's verdict on this pause
+        self.mid_sentence: bool | None = None  # what the words up to this pause say
         self._checked = 0  # how many of self.checks this pause has had
 
     @property
@@ -181,7 +191,7 @@ class SpeechSegmenter:
                 self._end = min(start + self.pad, end)
                 self.state = "paused"
                 self._token += 1
-                self.complete, self._checked = None, 0
+                self.complete, self.mid_sentence, self._checked = None, None, 0
                 events.append(VadEvent("speech_pause", self._end))
         elif prob >= self.threshold:  # paused, and speech came back
             self.state = "speech"
@@ -193,7 +203,11 @@ class SpeechSegmenter:
     def _silence_needed(self) -> int:
         if not self.turn_model:
             return self.min_silence
-        return self.complete_silence if self.complete else self.max_silence
+        if not self.complete or self.mid_sentence:
+            return self.max_silence
+        if self.mid_sentence is None:  # the words are not in yet
+            return max(self.complete_silence, self.words_wait)
+        return self.complete_silence
 
     def check_due(self) -> TurnCheck | None:
         """A turn-model check to run now (at most one at a time), or None."""
@@ -202,6 +216,8 @@ class SpeechSegmenter:
         silence = self._seen - self._silence_start
         if self._checked >= len(self.checks) or silence < self.checks[self._checked]:
             return None
+        if self._checked > 0 and (self.complete is not False or self.mid_sentence):
+            return None  # re-check only an "unfinished" the words do not already explain
         self._checked = sum(1 for at in self.checks if at <= silence)
         self._inflight = self._token
         start = max(self._start - self.pre_speech, self._floor, self._seen - TURN_HISTORY)
@@ -215,6 +231,16 @@ class SpeechSegmenter:
             return []  # speech came back, or the turn ended (max silence) meanwhile
         self.complete = complete
         if self._seen - self._silence_start >= self._silence_needed():
+            return [self._finish()]
+        return []
+
+    def words(self, sample: int, mid_sentence: bool) -> list[VadEvent]:
+        """What the transcript of the turn up to the pause at ``sample`` says: does it stop
+        mid-sentence? May end the turn at once; about an earlier pause, ignored."""
+        if self.state != "paused" or sample != self._end:
+            return []
+        self.mid_sentence = mid_sentence
+        if self.turn_model and self._seen - self._silence_start >= self._silence_needed():
             return [self._finish()]
         return []
 
@@ -317,6 +343,9 @@ class StreamingVad:
 
     def verdict(self, token: int, complete: bool | None) -> list[VadEvent]:
         return self.segmenter.verdict(token, complete)
+
+    def words(self, sample: int, mid_sentence: bool) -> list[VadEvent]:
+        return self.segmenter.words(sample, mid_sentence)
 
     def reset(self) -> None:
         self.stream.reset()

@@ -21,7 +21,7 @@ from speechgen import piper_wav
 from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
-from voxmesh.actors.router.turns import interrupts
+from voxmesh.actors.router.words import interrupts
 from voxmesh.actors.transport.echo import AEC3_LATENCY, Path, Reference
 from voxmesh.bench.echo import Mix, Speakerphone, offline_mix, onsets, voiced_pass
 from voxmesh.client import MicStream, WsClient, event_is

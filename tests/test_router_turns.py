@@ -33,6 +33,7 @@ from voxmesh.mesh.protocol import (
     SpeakProgress,
     Stop,
     Transcript,
+    TurnWords,
     VadEvent,
 )
 
@@ -43,6 +44,7 @@ class Recorder:
         self.transport: list[Message] = []
         self.tts: list[Message] = []
         self.asr: list[AsrRequest] = []
+        self.vad: list[Message] = []
         self.events: list[dict[str, Any]] = []
         self.head = 0
         self.mic_times: dict[int, float] = {}  # mic sample -> when it reached the ring
@@ -77,6 +79,9 @@ class Recorder:
     def to_asr(self, msg: Message) -> None:
         assert isinstance(msg, AsrRequest)
         self.asr.append(msg)
+
+    def to_vad(self, session: Session, msg: Message) -> None:
+        self.vad.append(msg)
 
     def event(self, session: Session, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -141,6 +146,30 @@ async def test_turn_reply_is_pregenerated_under_hold_then_released() -> None:
     finals = [e for e in out.events if e["type"] == "transcript" and e["final"]]
     assert finals == [{"type": "transcript", "text": "hello there", "final": True}]
     assert {"type": "reply", "text": "hello there"} in out.events
+
+
+@pytest.mark.parametrize(
+    ("heard", "mid_sentence"),
+    [
+        ("I would like to go to", True),
+        ("My favorite color is...", True),
+        ("So I was thinking, um", True),
+        ("Turn off the lights in the kitchen,", True),
+        ("What is the weather like in Paris today?", False),
+        ("Where is it?", False),  # a question may end on "is"
+        ("Sure", False),
+        ("Yes, I can.", False),
+    ],
+)
+async def test_the_words_at_a_pause_go_to_the_vad(heard: str, mid_sentence: bool) -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 0))
+    engine.on_vad(s, vad("speech_pause", 8000))
+    asr_answers(engine, out, s, heard)
+    assert out.vad == [TurnWords(session="s", sample=8000, mid_sentence=mid_sentence)]
+    engine.on_vad(s, vad("speech_end", 8000))  # the turn's end takes the same transcript
+    asr_answers(engine, out, s, heard)
+    assert len(out.vad) == 1  # once per pause, and not once the turn has ended
 
 
 async def test_speech_resuming_cancels_the_speculative_reply() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from speechgen import piper_wav, speech_bounds
 
-from voxmesh.speech import smart_turn, vad
+from voxmesh.speech import smart_turn
 from voxmesh.speech.smart_turn import WINDOW, SmartTurn, features
 from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad, TurnCheck
 
@@ -127,51 +127,103 @@ def speak(seg: SpeechSegmenter) -> None:
     assert feed(seg, [0.0] * 20 + [0.9] * 20, 0) == [(21, "speech_start")]
 
 
-def test_complete_verdict_ends_after_the_short_silence() -> None:
-    seg = adaptive()
+def pause(seg: SpeechSegmenter) -> TurnCheck:
+    """Speech, then its first silent chunk (40): the check the turn model is asked."""
     speak(seg)
     assert seg.check_due() is None  # still speech
     assert feed(seg, [0.0], 40) == [(40, "speech_pause")]
     check = seg.check_due()
     assert check is not None
+    return check
+
+
+PAUSE_SAMPLE = 40 * CHUNK + 30 * RATE // 1000  # the pause's padded end: the turn's end
+
+
+def test_complete_verdict_ends_after_the_short_silence_once_the_words_agree() -> None:
+    seg = adaptive()
+    check = pause(seg)
     assert check == TurnCheck(check.token, 20 * CHUNK - 8000, 41 * CHUNK)  # 500 ms pre-roll
     assert seg.check_due() is None  # one at a time
     assert seg.verdict(check.token, True) == []  # 32 ms of silence so far
+    assert seg.words(PAUSE_SAMPLE, mid_sentence=False) == []
     assert feed(seg, [0.0] * 3, 41) == [(43, "speech_end")]  # 4 chunks = 128 ms >= 100 ms
     assert seg.state == "silence"
 
 
+def test_complete_verdict_waits_a_little_for_the_words_and_ends_when_they_come() -> None:
+    seg = adaptive()
+    check = pause(seg)
+    seg.verdict(check.token, True)
+    assert feed(seg, [0.0] * 5, 41) == []  # 192 ms: past the short silence, no words yet
+    assert seg.words(PAUSE_SAMPLE - 1, mid_sentence=False) == []  # about another pause
+    (end,) = seg.words(PAUSE_SAMPLE, mid_sentence=False)
+    assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
+
+
+def test_complete_verdict_without_words_ends_after_words_wait() -> None:
+    seg = adaptive()
+    check = pause(seg)
+    seg.verdict(check.token, True)
+    events = feed(seg, [0.0] * 20, 41)
+    assert events == [(49, "speech_end")]  # 10 chunks = 320 ms >= WORDS_WAIT_MS (300)
+
+
+def test_words_that_stop_mid_sentence_keep_a_complete_turn_open() -> None:
+    seg = adaptive()
+    check = pause(seg)
+    assert seg.words(PAUSE_SAMPLE, mid_sentence=True) == []  # "I would like to go to"
+    assert seg.verdict(check.token, True) == []
+    events = feed(seg, [0.0] * 40, 41)
+    assert seg.check_due() is None  # the words explain the pause: no re-check
+    assert events == [(71, "speech_end")]  # 32 chunks = 1024 ms >= max_silence_ms
+
+
 def test_late_complete_verdict_ends_at_once_on_the_pause_sample() -> None:
     seg = adaptive()
-    speak(seg)
-    feed(seg, [0.0], 40)
-    check = seg.check_due()
-    assert check is not None
+    check = pause(seg)
+    seg.words(PAUSE_SAMPLE, mid_sentence=False)
     assert feed(seg, [0.0] * 5, 41) == []  # 192 ms: without a verdict, wait
     (end,) = seg.verdict(check.token, True)
-    assert (end.kind, end.sample) == ("speech_end", 40 * CHUNK + 30 * RATE // 1000)
+    assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
 
 
-def test_incomplete_waits_for_the_max_silence() -> None:
+def test_unfinished_is_checked_again_at_200_ms() -> None:
     seg = adaptive()
-    speak(seg)
-    feed(seg, [0.0], 40)
-    first = seg.check_due()
-    assert first is not None and seg.verdict(first.token, False) == []
-    events = feed(seg, [0.0] * 40, 41)
-    assert seg.check_due() is None  # no re-check: longer silence sounds complete to it
-    assert events == [(71, "speech_end")]  # 32 chunks = 1024 ms >= 1000 ms
+    first = pause(seg)
+    seg.words(PAUSE_SAMPLE, mid_sentence=False)
+    assert seg.verdict(first.token, False) == []
+    assert feed(seg, [0.0] * 5, 41) == [] and seg.check_due() is None  # 192 ms
+    assert feed(seg, [0.0], 46) == []
+    second = seg.check_due()  # 224 ms
+    assert second is not None and second.end == 47 * CHUNK
+    (end,) = seg.verdict(second.token, True)  # a silence that long sounds finished
+    assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
 
 
-def test_a_check_point_passed_while_one_runs_is_not_asked_twice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(vad, "TURN_CHECKS_MS", (0, 200))
+def test_unfinished_twice_waits_for_the_max_silence() -> None:
     seg = adaptive()
-    speak(seg)
-    feed(seg, [0.0], 40)
-    first = seg.check_due()
-    assert first is not None
+    first = pause(seg)
+    assert seg.verdict(first.token, False) == []
+    events = feed(seg, [0.0] * 6, 41)
+    second = seg.check_due()
+    assert second is not None and seg.verdict(second.token, False) == []
+    events += feed(seg, [0.0] * 34, 47)
+    assert seg.check_due() is None  # no third check
+    assert events == [(71, "speech_end")]
+
+
+def test_a_complete_verdict_is_not_checked_again() -> None:
+    seg = adaptive()
+    first = pause(seg)
+    seg.verdict(first.token, True)  # the words are late: the turn stays open past 200 ms
+    assert feed(seg, [0.0] * 7, 41) == []
+    assert seg.check_due() is None  # a second look could only undo a "finished"
+
+
+def test_a_check_point_passed_while_one_runs_is_not_asked_twice() -> None:
+    seg = adaptive()
+    first = pause(seg)
     feed(seg, [0.0] * 9, 41)  # 320 ms: past the second point while the first runs
     assert seg.check_due() is None and seg.verdict(first.token, False) == []
     second = seg.check_due()

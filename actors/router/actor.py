@@ -211,6 +211,12 @@ class RouterActor(Actor):
         if s is not None:
             self._owe_final(s)
 
+    def to_vad(self, session: Session, msg: Message) -> None:
+        # Only to the VAD reading the session now: a hint for a pause is moot to another.
+        vad = self.readers.get((session.id, "vad"))
+        if vad is not None and self.hub is not None and vad in self.hub.peers:
+            self._send(vad, msg)
+
     def _owe_final(self, s: Session) -> None:
         """A final transcript ``s`` waits for and no ASR can give now: it is held in the
         session and asked again when an ASR comes back (asr_back), within hold_s."""

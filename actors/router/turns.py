@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,22 +33,24 @@ from voxmesh.mesh.protocol import (
     SpeakProgress,
     Stop,
     Transcript,
+    TurnWords,
     VadEvent,
 )
 from voxmesh.mesh.settings import AsrSettings, MeshSettings, RouterSettings, TtsSettings
 from voxmesh.speech.chunking import SentenceChunker
-from voxmesh.speech.wer import normalize_text
 
 from . import turnlog
 from .responder import Responder
 from .session import Reply, Session, State
 from .turnlog import TurnRecord
+from .words import BACKCHANNEL_MAX_S, ends_mid_sentence, interrupts
 
 
 class Outbox(Protocol):
     def to_transport(self, msg: Message) -> None: ...
     def to_tts(self, session: Session, msg: Message) -> bool: ...
     def to_asr(self, msg: Message) -> None: ...
+    def to_vad(self, session: Session, msg: Message) -> None: ...
     def event(self, session: Session, event: dict[str, Any]) -> None: ...
     def mic_head(self, session: Session) -> int: ...
     def mic_time(self, session: Session, sample: int) -> float | None:
@@ -69,56 +70,6 @@ class Outbox(Protocol):
     def tts_alive(self, process: str) -> bool:
         """Whether that TTS process (as ``tts_serving`` names it) is still up."""
         ...
-
-
-# Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
-# ("mm-hmm", "uh"), not a reason to stop the bot (docs/turn-taking.md).
-FILLERS = frozenset(
-    {"uh", "um", "uhm", "er", "erm", "ah", "aah", "oh", "eh", "hm", "hmm", "mm", "mmm", "mhm"}
-    | {"huh"}  # "uh-huh" normalises to "uh huh"
-)
-
-
-# A hum held longer is still a hum: Whisper writes espeak's "Mm-hmm." as "Mmmmm", and a
-# long "uh" as "Uhhh"; repeated letters collapse before the FILLERS check ("mmmmm" -> "m").
-_REPEATS = re.compile(r"(.)\1+")
-
-
-def has_words(text: str) -> bool:
-    """Does ASR's ``text`` hold a word? Fillers, however long held, and the lone letters
-    Whisper writes for a hum or an "ah" ("H", "X", "I"), do not count."""
-    return bool(_words(text))
-
-
-def _is_filler(word: str) -> bool:
-    held = _REPEATS.sub(r"\1", word)
-    return word in FILLERS or held in FILLERS or held == "m"
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in normalize_text(text) if len(w) > 1 and not _is_filler(w)]
-
-
-# What a listener says to keep the speaker going: heard alone during a reply, the bot
-# carries on (docs/turn-taking.md).
-BACKCHANNELS = frozenset(
-    {"yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure", "alright", "see", "cool"}
-    | {"nice", "wow", "exactly", "totally", "true", "gotcha"}  # "mm-hmm", "uh-huh": FILLERS
-)
-# A single word Whisper decodes from a window it finds this likely to hold no speech is a
-# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5).
-NO_SPEECH_WORD = 0.5
-# A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
-BACKCHANNEL_MAX_S = 1.5
-
-
-def interrupts(text: str, no_speech: float = 0.0) -> bool:
-    """Do these words, heard over the bot, take the floor? Backchannels and fillers do not,
-    nor one word in a window Whisper calls likely silence."""
-    words = _words(text)
-    if len(words) == 1 and no_speech >= NO_SPEECH_WORD:
-        return False
-    return any(w not in BACKCHANNELS for w in words)
 
 
 # An ASR request unanswered this long was lost (the actor restarted): stop counting it as
@@ -390,6 +341,10 @@ class TurnEngine:
         s.asr_s[tr.end] = tr.elapsed_ms / 1000
         if s.final_request is not None and s.final_request.end == tr.end:
             s.final_request = None
+        if s.state == State.USER_SPEAKING and tr.end == s.pending_end:
+            # The words decide with the turn model whether this pause ends the turn (vad.py)
+            mid = ends_mid_sentence(tr.text)
+            self.out.to_vad(s, TurnWords(session=s.id, sample=tr.end, mid_sentence=mid))
         if s.state == State.THINKING and tr.end == s.turn_end and s.reply is None:
             self._turn_confirmed(s, tr.text)
         elif s.state == State.USER_SPEAKING and tr.end == s.pending_end and tr.text:

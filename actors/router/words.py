@@ -1,0 +1,81 @@
+"""What the words ASR heard mean for turn-taking: do they take the floor from the bot
+(``interrupts``), and does the user's sentence stop short (``ends_mid_sentence``)?
+
+Pure functions of the text; the router's turn engine (turns.py) acts on them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from voxmesh.speech.wer import normalize_text
+
+# Sounds that are not words: ASR hearing only these during a barge-in is a backchannel
+# ("mm-hmm", "uh"), not a reason to stop the bot (docs/turn-taking.md).
+FILLERS = frozenset(
+    {"uh", "um", "uhm", "er", "erm", "ah", "aah", "oh", "eh", "hm", "hmm", "mm", "mmm", "mhm"}
+    | {"huh"}  # "uh-huh" normalises to "uh huh"
+)
+
+
+# A hum held longer is still a hum: Whisper writes espeak's "Mm-hmm." as "Mmmmm", and a
+# long "uh" as "Uhhh"; repeated letters collapse before the FILLERS check ("mmmmm" -> "m").
+_REPEATS = re.compile(r"(.)\1+")
+
+
+def _is_filler(word: str) -> bool:
+    held = _REPEATS.sub(r"\1", word)
+    return word in FILLERS or held in FILLERS or held == "m"
+
+
+def _words(text: str) -> list[str]:
+    """The words in ASR's ``text``: fillers, however long held, and the lone letters Whisper
+    writes for a hum or an "ah" ("H", "X", "I") are not words."""
+    return [w for w in normalize_text(text) if len(w) > 1 and not _is_filler(w)]
+
+
+# What a listener says to keep the speaker going: heard alone during a reply, the bot
+# carries on (docs/turn-taking.md).
+BACKCHANNELS = frozenset(
+    {"yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure", "alright", "see", "cool"}
+    | {"nice", "wow", "exactly", "totally", "true", "gotcha"}  # "mm-hmm", "uh-huh": FILLERS
+)
+# A single word Whisper decodes from a window it finds this likely to hold no speech is a
+# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5).
+NO_SPEECH_WORD = 0.5
+# A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
+BACKCHANNEL_MAX_S = 1.5
+
+
+def interrupts(text: str, no_speech: float = 0.0) -> bool:
+    """Do these words, heard over the bot, take the floor? Backchannels and fillers do not,
+    nor one word in a window Whisper calls likely silence."""
+    words = _words(text)
+    if len(words) == 1 and no_speech >= NO_SPEECH_WORD:
+        return False
+    return any(w not in BACKCHANNELS for w in words)
+
+
+# Words an English sentence seldom ends on: articles, some prepositions and conjunctions,
+# possessives, forms of "be", some modals. Heard last before a pause, the user is
+# mid-sentence ("I would like to go to", "My favourite colour is", "maybe we could"),
+# whatever the pause sounds like. Left out because answers end on them ("come in", "hold
+# on", "I can", "I will", "I like that"): a wrong guess here costs vad.max_silence_ms of
+# waiting, not a cut sentence. A question may end on any ("is it?"): a "?" overrides this.
+_DANGLING = frozenset(
+    {"a", "an", "the", "to", "of", "into", "with", "from", "and", "or", "but", "because"}
+    | {"if", "than", "my", "your", "our", "their", "is", "are", "was", "were"}
+    | {"could", "would", "should", "must"}
+)
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """Does ASR's ``text`` of a turn so far stop short of a sentence's end? A trailing word a
+    sentence does not end on, a filler, an ellipsis or a comma says it does."""
+    t = text.strip()
+    if not t or t.endswith("?") or t.endswith("!"):
+        return False
+    if t.endswith("...") or t.endswith(","):
+        return True
+    words = normalize_text(t)
+    return bool(words) and (words[-1] in _DANGLING or _is_filler(words[-1]))
