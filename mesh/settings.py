@@ -159,7 +159,9 @@ class VadSettings:
     )
     speech_pad_ms: int = setting(30, "audio kept either side of detected speech", low=0)
     pre_roll_ms: int = setting(
-        200, "audio before the onset that ASR hears: Silero fires up to ~110 ms late", low=0
+        300,
+        "audio before the onset ASR hears (Silero fires ~110 ms late; ASR trims it to 100 ms)",
+        low=0,
     )
     turn_model: Literal["smart-turn", "off"] = setting(
         "smart-turn",
