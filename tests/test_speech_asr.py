@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from speechgen import pad_silence, piper_wav
+from speechgen import RATE, espeak_pcm, have_espeak, pad_silence, piper_wav
 
+from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.asr import MAX_FRAMES, WhisperAsr, trim_repetition
+from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad
 from voxmesh.speech.wer import word_error_rate
 
 SENTENCES = [
@@ -79,3 +81,45 @@ def test_partial_uses_the_same_path(asr: WhisperAsr) -> None:
 )
 def test_trim_repetition(raw: str, want: str) -> None:
     assert trim_repetition(raw) == want
+
+
+GRID_SENTENCES = [
+    "What is the weather like in Paris today?",
+    "My brother plays the guitar every evening.",
+    "Please send me the report by Friday.",
+]
+
+
+def _window_the_mesh_asks_for(vad: SileroVad, audio: np.ndarray) -> np.ndarray:
+    """The audio of one turn as the ASR actor gets it: [speech_start, speech_end) of the
+    VAD with the mesh's settings (pre-roll before the onset, pad after the pause)."""
+    cfg = VadSettings()
+    seg = SpeechSegmenter(
+        turn_model=False,
+        min_silence_ms=cfg.min_silence_ms,
+        speech_pad_ms=cfg.speech_pad_ms,
+        pre_roll_ms=cfg.pre_roll_ms,
+    )
+    stream = StreamingVad(vad, seg)
+    events = stream.push(audio, 0) + stream.flush()
+    start = next(e.sample for e in events if e.kind == "speech_start")
+    end = [e.sample for e in events if e.kind == "speech_end"][-1]
+    return audio[start:end]
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.parametrize("text", GRID_SENTENCES)
+def test_the_same_speech_gives_the_same_words_wherever_the_vad_grid_falls(
+    asr: WhisperAsr, text: str
+) -> None:
+    # The VAD judges 32 ms chunks, so where speech starts on that grid depends on when the
+    # mic's audio arrived; the transcript must depend on the audio alone. (With a 200 ms
+    # pre-roll that cut the window's lead, each of these gave 3 transcripts over these 8.)
+    vad = SileroVad()
+    speech = espeak_pcm(text)
+    heard = set()
+    for offset in range(0, CHUNK, CHUNK // 8):
+        audio = pad_silence(speech, 0.3 + offset / RATE, 1.0)
+        heard.add(asr.transcribe(_window_the_mesh_asks_for(vad, audio)))
+    assert len(heard) == 1, heard
+    assert word_error_rate(text, heard.pop()) <= 0.25
