@@ -28,6 +28,7 @@ SCENARIO_MODULES = (
     "faults",
     "soak",
     "echo",
+    "echo_soak",
     "peers",
 )
 
