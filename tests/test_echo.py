@@ -150,6 +150,15 @@ def test_a_held_hum_is_a_backchannel_not_a_word() -> None:
         assert interrupts(heard), heard
 
 
+def test_words_that_say_nothing_alone_do_not_take_the_floor() -> None:
+    # What tiny.en wrote for espeak's "Mm-hmm." over the reply, after the echo canceller and
+    # in the en-029 voice: each stopped the bot.
+    for heard in ("and then them.", "in in then", "Yeah, and the..."):
+        assert not interrupts(heard), heard
+    for heard in ("And then what?", "No.", "In the kitchen!", "Then stop."):
+        assert interrupts(heard), heard
+
+
 def test_one_word_in_what_whisper_calls_silence_is_not_a_word() -> None:
     assert not interrupts("You", no_speech=0.7)
     assert interrupts("Wait", no_speech=0.1)

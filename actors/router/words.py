@@ -40,6 +40,11 @@ BACKCHANNELS = frozenset(
     {"yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure", "alright", "see", "cool"}
     | {"nice", "wow", "exactly", "totally", "true", "gotcha"}  # "mm-hmm", "uh-huh": FILLERS
 )
+# Words that say nothing alone: a burst heard as only these (and backchannels) does not take
+# the floor. tiny.en writes them for a hum: "and then them." for espeak's "Mm-hmm." after
+# the echo canceller, "in in then" in another voice (bench/echo.py); a user who means to
+# take the floor with "and then..." goes on, and more words, or BACKCHANNEL_MAX_S, stop it.
+_EMPTY = frozenset({"a", "an", "the", "and", "then", "them", "in", "of", "it"})
 # A single word Whisper decodes from a window it finds this likely to hold no speech is a
 # hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5).
 NO_SPEECH_WORD = 0.5
@@ -48,12 +53,12 @@ BACKCHANNEL_MAX_S = 1.5
 
 
 def interrupts(text: str, no_speech: float = 0.0) -> bool:
-    """Do these words, heard over the bot, take the floor? Backchannels and fillers do not,
-    nor one word in a window Whisper calls likely silence."""
+    """Do these words, heard over the bot, take the floor? Backchannels, fillers and words
+    that say nothing alone do not, nor one word in a window Whisper calls likely silence."""
     words = _words(text)
     if len(words) == 1 and no_speech >= NO_SPEECH_WORD:
         return False
-    return any(w not in BACKCHANNELS for w in words)
+    return any(w not in BACKCHANNELS and w not in _EMPTY for w in words)
 
 
 # Words an English sentence seldom ends on: articles, some prepositions and conjunctions,
