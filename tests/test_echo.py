@@ -146,7 +146,7 @@ def test_a_held_hum_is_a_backchannel_not_a_word() -> None:
     # What tiny.en wrote for the echo bench's espeak "Mm-hmm." (en-gb-x-rp): it stopped the bot.
     for heard in ("Mmmmm", "Hmmmm.", "Mm-hmm.", "Mmhmm", "Uhhh, okay.", "Ahh."):
         assert not interrupts(heard), heard
-    for heard in ("Ummm, wait.", "Stop", "Too late.", "See you"):
+    for heard in ("Ummm, wait.", "Stop", "Too late.", "See, that is wrong."):
         assert interrupts(heard), heard
 
 
@@ -155,8 +155,18 @@ def test_words_that_say_nothing_alone_do_not_take_the_floor() -> None:
     # in the en-029 voice: each stopped the bot.
     for heard in ("and then them.", "in in then", "Yeah, and the..."):
         assert not interrupts(heard), heard
-    for heard in ("And then what?", "No.", "In the kitchen!", "Then stop."):
+    for heard in ("And then what?", "No.", "In the big kitchen!", "Then stop."):
         assert interrupts(heard), heard
+
+
+def test_a_lone_word_takes_the_floor_only_if_people_take_it_with_that_word() -> None:
+    # "Bye." and "And then boom." are what tiny.en wrote for espeak's "Right." and "Mm-hmm."
+    # over the reply after the canceller; both stopped the bot.
+    for heard in ("Bye.", "And then boom.", "Boston?", "Yeah, you"):
+        assert not interrupts(heard), heard
+    for heard in ("Stop!", "Wait", "Hold on.", "No, Boston.", "Okay, but why?"):
+        assert interrupts(heard), heard
+    assert not interrupts("Wait", no_speech=0.7)
 
 
 def test_one_word_in_what_whisper_calls_silence_is_not_a_word() -> None:

@@ -45,8 +45,19 @@ BACKCHANNELS = frozenset(
 # the echo canceller, "in in then" in another voice (bench/echo.py); a user who means to
 # take the floor with "and then..." goes on, and more words, or BACKCHANNEL_MAX_S, stop it.
 _EMPTY = frozenset({"a", "an", "the", "and", "then", "them", "in", "of", "it"})
+# A lone word over the reply takes the floor only if people take it with that word: Whisper
+# makes one up for a short noise ("Bye." for espeak's "Right." after the echo canceller,
+# "you", "thank"), and a user who means to interrupt with another word goes on. Two words or
+# more always do (Pipecat's MinWordsInterruptionStrategy and LiveKit's
+# min_interruption_words make the same trade with a word count alone).
+FLOOR_WORDS = frozenset(
+    {"stop", "wait", "no", "nope", "hold", "hey", "sorry", "excuse", "pardon", "actually"}
+    | {"but", "what", "why", "how", "when", "where", "who", "which", "enough", "quiet"}
+    | {"cancel", "pause", "listen", "hello", "help"}
+)
 # A single word Whisper decodes from a window it finds this likely to hold no speech is a
-# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5).
+# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5), even a
+# floor word.
 NO_SPEECH_WORD = 0.5
 # A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
 BACKCHANNEL_MAX_S = 1.5
@@ -54,11 +65,12 @@ BACKCHANNEL_MAX_S = 1.5
 
 def interrupts(text: str, no_speech: float = 0.0) -> bool:
     """Do these words, heard over the bot, take the floor? Backchannels, fillers and words
-    that say nothing alone do not, nor one word in a window Whisper calls likely silence."""
-    words = _words(text)
-    if len(words) == 1 and no_speech >= NO_SPEECH_WORD:
-        return False
-    return any(w not in BACKCHANNELS and w not in _EMPTY for w in words)
+    that say nothing alone do not; a lone other word only if it is a FLOOR_WORD in a window
+    Whisper does not call likely silence."""
+    words = [w for w in _words(text) if w not in BACKCHANNELS and w not in _EMPTY]
+    if len(words) == 1:
+        return words[0] in FLOOR_WORDS and no_speech < NO_SPEECH_WORD
+    return len(words) > 1
 
 
 # Words an English sentence seldom ends on: articles, some prepositions and conjunctions,
