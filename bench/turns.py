@@ -197,7 +197,12 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
                         "offline_wer_pct": _wer_pct([(t.text, t.offline) for t in rows]),
                         # the mesh's words are not offline Whisper's on the same audio
                         "not_as_offline": sum(_words(t.heard) != _words(t.offline) for t in rows),
-                        "clips_heard": [[t.text, t.finals, t.offline] for t in rows],  # JSON only
+                        # JSON only: each clip's words through the mesh and offline, and
+                        # its voice-to-voice (negative: premature; None: no reply)
+                        "clips_heard": [
+                            [t.text, t.finals, t.offline, t.v2v_ms and round(t.v2v_ms)]
+                            for t in rows
+                        ],
                     },
                 )
             )

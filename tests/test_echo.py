@@ -21,7 +21,7 @@ from speechgen import piper_wav
 from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
-from voxmesh.actors.router.words import interrupts
+from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts
 from voxmesh.actors.transport.echo import AEC3_LATENCY, Path, Reference
 from voxmesh.bench.echo import Mix, Speakerphone, offline_mix, onsets, voiced_pass
 from voxmesh.client import MicStream, WsClient, event_is
@@ -130,6 +130,29 @@ async def test_a_backchannel_during_a_reply_never_stops_it(text: str) -> None:
     asr_answers(engine, out, s, text)
     assert s.state == State.SPEAKING
     assert not [m for m in out.transport if isinstance(m, Stop)]
+
+
+@pytest.mark.parametrize("more_speech", [True, False])
+async def test_a_lone_word_holds_the_reply_and_more_speech_makes_it_an_interruption(
+    more_speech: bool,
+) -> None:
+    # "with": what tiny.en made of a "Wait," over the reply after the echo canceller.
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    out.transport.clear()
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 56000))
+    asr_answers(engine, out, s, "with")
+    out.clock.advance(LONE_WORD_WAIT_S / 2)
+    assert s.state == State.PAUSED  # neither stopped nor resumed yet
+    if more_speech:
+        engine.on_vad(s, vad("speech_resume", 60000))
+        assert s.state == State.USER_SPEAKING
+        assert [m for m in out.transport if isinstance(m, Stop)]
+    else:
+        out.clock.advance(LONE_WORD_WAIT_S)
+        assert s.state == State.SPEAKING
+        assert not [m for m in out.transport if isinstance(m, Stop)]
 
 
 async def test_words_over_the_reply_still_stop_it() -> None:

@@ -43,7 +43,7 @@ from . import turnlog
 from .responder import Responder
 from .session import Reply, Session, State
 from .turnlog import TurnRecord
-from .words import BACKCHANNEL_MAX_S, ends_mid_sentence, interrupts
+from .words import BACKCHANNEL_MAX_S, LONE_WORD_WAIT_S, ends_mid_sentence, interrupts, lone_word
 
 
 class Outbox(Protocol):
@@ -290,6 +290,19 @@ class TurnEngine:
         else:
             s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
 
+    def _await_more(self, s: Session) -> None:
+        """A lone word at the burst's silence: more speech within LONE_WORD_WAIT_S is an
+        interruption (speech_start / speech_resume with confirm_due), none resumes."""
+        if s.confirm_timer is not None:
+            s.confirm_timer.cancel()
+        s.confirm_due = True
+        s.confirm_timer = self.clock.call_later(LONE_WORD_WAIT_S, self._lone_word_over, s)
+
+    def _lone_word_over(self, s: Session) -> None:
+        s.confirm_timer = None
+        if s.state == State.PAUSED and not s.vad_speaking:
+            self._resume(s)
+
     def _resume(self, s: Session) -> None:
         s.cancel_timer()
         self.out.to_tts(s, Resume(session=s.id, epoch=s.epoch))
@@ -327,9 +340,12 @@ class TurnEngine:
                 self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
             if s.state == State.PAUSED:
                 turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
+            lone = lone_word(tr.text, tr.no_speech)
             if s.state == State.PAUSED and interrupts(tr.text, tr.no_speech):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
+            elif s.state == State.PAUSED and s.burst_end is not None and lone:
+                self._await_more(s)
             elif s.state == State.PAUSED and s.burst_end is not None:
                 self._resume(s)
             elif s.state == State.PAUSED:

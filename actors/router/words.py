@@ -49,7 +49,8 @@ _EMPTY = frozenset({"a", "an", "the", "and", "then", "them", "in", "of", "it"})
 # makes one up for a short noise ("Bye." for espeak's "Right." after the echo canceller,
 # "you", "thank"), and a user who means to interrupt with another word goes on. Two words or
 # more always do (Pipecat's MinWordsInterruptionStrategy and LiveKit's
-# min_interruption_words make the same trade with a word count alone).
+# min_interruption_words make the same trade with a word count alone). The bot waits
+# LONE_WORD_WAIT_S after a lone word: speech again within it is an interruption.
 FLOOR_WORDS = frozenset(
     {"stop", "wait", "no", "nope", "hold", "hey", "sorry", "excuse", "pardon", "actually"}
     | {"but", "what", "why", "how", "when", "where", "who", "which", "enough", "quiet"}
@@ -59,6 +60,7 @@ FLOOR_WORDS = frozenset(
 # hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5), even a
 # floor word.
 NO_SPEECH_WORD = 0.5
+LONE_WORD_WAIT_S = 0.5
 # A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
 BACKCHANNEL_MAX_S = 1.5
 
@@ -67,10 +69,20 @@ def interrupts(text: str, no_speech: float = 0.0) -> bool:
     """Do these words, heard over the bot, take the floor? Backchannels, fillers and words
     that say nothing alone do not; a lone other word only if it is a FLOOR_WORD in a window
     Whisper does not call likely silence."""
-    words = [w for w in _words(text) if w not in BACKCHANNELS and w not in _EMPTY]
+    words = _content(text)
     if len(words) == 1:
         return words[0] in FLOOR_WORDS and no_speech < NO_SPEECH_WORD
     return len(words) > 1
+
+
+def lone_word(text: str, no_speech: float = 0.0) -> bool:
+    """One word that does not take the floor alone ("with" for a "Wait," after the echo
+    canceller, "Bye."): it may start a sentence, so more speech soon after it does."""
+    return len(_content(text)) == 1 and not interrupts(text, no_speech)
+
+
+def _content(text: str) -> list[str]:
+    return [w for w in _words(text) if w not in BACKCHANNELS and w not in _EMPTY]
 
 
 # Words an English sentence seldom ends on: articles, some prepositions and conjunctions,
