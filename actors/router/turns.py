@@ -338,17 +338,17 @@ class TurnEngine:
                 return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
                 self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
-            if s.state == State.PAUSED:
-                turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
-            lone = lone_word(tr.text, tr.no_speech)
-            if s.state == State.PAUSED and interrupts(tr.text, tr.no_speech):
+            if s.state != State.PAUSED:
+                return
+            turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
+            if interrupts(tr.text, tr.no_speech):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
-            elif s.state == State.PAUSED and s.burst_end is not None and lone:
+            elif s.burst_end is not None and lone_word(tr.text, tr.no_speech):
                 self._await_more(s)
-            elif s.state == State.PAUSED and s.burst_end is not None:
+            elif s.burst_end is not None:
                 self._resume(s)
-            elif s.state == State.PAUSED:
+            else:
                 # No words that take the floor so far ("okaaay", "mm-hmm", a hum): the burst's
                 # end resumes the reply, BACKCHANNEL_MAX_S of it stops it (poll_partials).
                 s.backchannel = True
