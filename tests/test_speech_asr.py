@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from speechgen import RATE, espeak_pcm, have_espeak, pad_silence, piper_wav
 
+from voxmesh.actors.vad import segmenter
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.asr import MAX_FRAMES, WhisperAsr, trim_repetition
-from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad
+from voxmesh.speech.vad import CHUNK, SileroVad, StreamingVad
 from voxmesh.speech.wer import word_error_rate
 
 SENTENCES = [
@@ -93,14 +94,7 @@ GRID_SENTENCES = [
 def _window_the_mesh_asks_for(vad: SileroVad, audio: np.ndarray) -> np.ndarray:
     """The audio of one turn as the ASR actor gets it: [speech_start, speech_end) of the
     VAD with the mesh's settings (pre-roll before the onset, pad after the pause)."""
-    cfg = VadSettings()
-    seg = SpeechSegmenter(
-        turn_model=False,
-        min_silence_ms=cfg.min_silence_ms,
-        speech_pad_ms=cfg.speech_pad_ms,
-        pre_roll_ms=cfg.pre_roll_ms,
-    )
-    stream = StreamingVad(vad, seg)
+    stream = StreamingVad(vad, segmenter(VadSettings()))
     events = stream.push(audio, 0) + stream.flush()
     start = next(e.sample for e in events if e.kind == "speech_start")
     end = [e.sample for e in events if e.kind == "speech_end"][-1]
