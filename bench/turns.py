@@ -200,7 +200,12 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
                         # JSON only: each clip's words through the mesh and offline, and
                         # its voice-to-voice (negative: premature; None: no reply)
                         "clips_heard": [
-                            [t.text, t.finals, t.offline, t.v2v_ms and round(t.v2v_ms)]
+                            [
+                                t.text,
+                                t.finals,
+                                t.offline,
+                                None if t.v2v_ms is None else round(t.v2v_ms),
+                            ]
                             for t in rows
                         ],
                     },
