@@ -170,6 +170,7 @@ def segmenter(settings: VadSettings, *, turn_model: bool = False) -> SpeechSegme
         pre_roll_ms=settings.pre_roll_ms,
         turn_model=turn_model,
         complete_silence_ms=settings.complete_silence_ms,
+        words_silence_ms=settings.words_silence_ms,
         max_silence_ms=settings.max_silence_ms,
     )
 

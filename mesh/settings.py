@@ -174,8 +174,17 @@ class VadSettings:
     complete_silence_ms: int = setting(
         100, "silence that ends a turn the turn model calls complete", low=0
     )
+    words_silence_ms: int = setting(
+        500,
+        "silence that ends a turn the turn model calls incomplete but whose words end a "
+        "sentence (the router's TURN_WORDS)",
+        low=0,
+    )
     max_silence_ms: int = setting(
-        1000, "silence that ends a turn the turn model calls incomplete (or has not judged)", low=0
+        1000,
+        "silence that ends a turn the turn model calls incomplete (or has not judged) and the "
+        "words do not call finished",
+        low=0,
     )
 
 

@@ -108,12 +108,13 @@ class SpeechSegmenter:
     (so ASR can start speculatively); speech within the end-of-turn silence emits
     `speech_resume`, otherwise `speech_end` follows with the same sample as the pause.
 
-    The end-of-turn silence is min_silence_ms, or with ``turn_model`` it depends on the
-    turn model's verdict: complete_silence_ms once it calls the turn complete, else
-    max_silence_ms. ``check_due`` says when to ask it (TURN_CHECKS_MS), ``verdict`` takes
-    its answer, which may end the turn at once; no I/O here, the caller runs the model.
-    ``words`` takes what the transcript up to the pause says: words that stop mid-sentence
-    keep the turn open to max_silence_ms whatever the model says.
+    The end-of-turn silence is min_silence_ms, or with ``turn_model`` it depends on two
+    opinions of the pause: the turn model's verdict (``check_due`` says when to ask it,
+    TURN_CHECKS_MS; ``verdict`` takes its answer) and the words of the transcript up to the
+    pause (``words``: do they stop mid-sentence?). Both say finished: complete_silence_ms;
+    the model says unfinished but the words end a sentence: words_silence_ms; words that
+    stop mid-sentence, or no words yet: max_silence_ms. Either answer may end the turn at
+    once; no I/O here, the caller runs the model.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class SpeechSegmenter:
         pre_roll_ms: int = 0,
         turn_model: bool = False,
         complete_silence_ms: int = VadSettings.complete_silence_ms,
+        words_silence_ms: int = VadSettings.words_silence_ms,
         max_silence_ms: int = VadSettings.max_silence_ms,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
@@ -145,6 +147,7 @@ class SpeechSegmenter:
         self.pre_roll = max(self.pad, sample_rate * pre_roll_ms // 1000)
         self.turn_model = turn_model
         self.complete_silence = sample_rate * complete_silence_ms // 1000
+        self.words_silence = sample_rate * words_silence_ms // 1000
         self.max_silence = sample_rate * max_silence_ms // 1000
         self.checks = [sample_rate * ms // 1000 for ms in TURN_CHECKS_MS]
         self.words_wait = sample_rate * WORDS_WAIT_MS // 1000
@@ -203,8 +206,10 @@ class SpeechSegmenter:
     def _silence_needed(self) -> int:
         if not self.turn_model:
             return self.min_silence
-        if not self.complete or self.mid_sentence:
+        if self.mid_sentence:
             return self.max_silence
+        if not self.complete:  # unfinished, or not judged (yet): the words end a sentence?
+            return self.max_silence if self.mid_sentence is None else self.words_silence
         if self.mid_sentence is None:  # the words are not in yet
             return max(self.complete_silence, self.words_wait)
         return self.complete_silence

@@ -213,6 +213,29 @@ def test_unfinished_twice_waits_for_the_max_silence() -> None:
     assert events == [(71, "speech_end")]
 
 
+def test_unfinished_twice_but_words_that_end_a_sentence_wait_the_words_silence() -> None:
+    seg = SpeechSegmenter(
+        min_speech_ms=64, turn_model=True, words_silence_ms=500, max_silence_ms=1000
+    )
+    first = pause(seg)
+    seg.verdict(first.token, False)
+    events = feed(seg, [0.0] * 6, 41)
+    second = seg.check_due()
+    assert second is not None and seg.verdict(second.token, False) == []
+    assert seg.words(PAUSE_SAMPLE, mid_sentence=False) == []  # 224 ms of silence
+    events += feed(seg, [0.0] * 20, 47)
+    assert events == [(55, "speech_end")]  # 16 chunks = 512 ms >= words_silence_ms
+
+
+def test_words_that_end_a_sentence_late_end_an_unfinished_turn_at_once() -> None:
+    seg = SpeechSegmenter(min_speech_ms=64, turn_model=True, words_silence_ms=300)
+    first = pause(seg)
+    seg.verdict(first.token, False)
+    assert feed(seg, [0.0] * 10, 41) == []  # 352 ms: no words yet
+    (end,) = seg.words(PAUSE_SAMPLE, mid_sentence=False)
+    assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
+
+
 def test_a_complete_verdict_is_not_checked_again() -> None:
     seg = adaptive()
     first = pause(seg)
