@@ -22,7 +22,14 @@ from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
 from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts
-from voxmesh.actors.transport.echo import AEC3_LATENCY, Path, Reference
+from voxmesh.actors.transport.echo import (
+    AEC3_LATENCY,
+    DOMINANT_DB,
+    ECHO_ONLY_DB,
+    Path,
+    Reference,
+    ResidualGate,
+)
 from voxmesh.bench.echo import Mix, Speakerphone, offline_mix, onsets, voiced_pass
 from voxmesh.client import MicStream, WsClient, event_is
 from voxmesh.mesh.protocol import Stop, Transcript
@@ -239,6 +246,19 @@ def test_a_user_barging_in_over_the_echo_reaches_vad_and_asr() -> None:
     at = int(USER_AT_S * RATE)
     assert voiced_pass(r.user[at : at + clip.size], r.out[at : at + clip.size]) >= 0.8
     assert onsets(r.out), "the user's words must still start speech"
+
+
+def test_a_user_over_the_echo_passes_raw_until_the_echo_alone_explains_the_mic() -> None:
+    gate = ResidualGate(gate_db=20.0, hangover=10)
+    raw = np.full(160, 1000, np.int16)
+    suppressed = np.zeros(160, np.int16)  # AEC3's suppressor took the double talk
+    env = 60.0  # the echo's usual level (erl) is still 0 dB under the far end
+    above = (DOMINANT_DB + 2, DOMINANT_DB - 2, ECHO_ONLY_DB + 1, ECHO_ONLY_DB - 1)
+    outs = [gate.choose(raw, suppressed, env + a, 0.0, env, True) for a in above]
+    # Once the user is heard over the echo, a quieter syllable still comes as it was said
+    # (it used to switch to AEC3's output, and Silero heard the word late).
+    assert all(o is not None and o.any() for o in outs[:3])
+    assert outs[3] is not None and not outs[3].any()  # the echo alone explains it: AEC3's
 
 
 def test_the_reference_carries_the_silence_the_client_played_between_chunks() -> None:
