@@ -29,6 +29,7 @@ SCENARIO_MODULES = (
     "soak",
     "echo",
     "echo_soak",
+    "echo_barge",
     "peers",
 )
 
