@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 
 import numpy as np
 
 from . import speech
 from .baselines import vad_decisions
-from .echo import INTERRUPT, RATE, VOICES, Mix, espeak, mesh_trial, offline_mix
+from .echo import (
+    DELAY_MS,
+    ECHO_DB,
+    INTERRUPT,
+    RATE,
+    VOICES,
+    VOICES_ARE,
+    Mix,
+    espeak,
+    mesh_trial,
+    offline_mix,
+)
 from .mesh import pool
-from .registry import BenchContext, Outcome, Skip, scenario
+from .registry import BenchContext, Outcome, require_tool, scenario
 from .report import Figure, Row
 
-ECHO_DB, DELAY_MS = -10.0, 100.0
 TRIALS = int(os.environ.get("VOXMESH_BENCH_ECHO_BARGE_N", "16"))
 
 
@@ -42,15 +51,13 @@ def offline_onsets(seed: int) -> tuple[float | None, float | None]:
     mixed = offline_mix(Mix(ECHO_DB, DELAY_MS, seed, clip, at_s))
     at = int(at_s * RATE)
     first = at + speech.voiced_bounds(clip / 32768.0)[0]
-    alone = np.zeros_like(mixed.out)
-    alone[at : at + clip.size] = clip[: alone.size - at]
+    alone = mixed.user.astype(np.int16)  # the user as mixed in, whole int16 samples
     return onset_ms(alone, first), onset_ms(mixed.out, first)
 
 
 @scenario("echo_barge", "barge-in over the speakerphone echo: reaction, n interruptions", 37)
 def echo_barge_scenario(ctx: BenchContext, out: Outcome) -> None:
-    if shutil.which("espeak-ng") is None:
-        raise Skip("espeak-ng is not installed (the scripted users' voices)")
+    require_tool("espeak-ng", VOICES_ARE)
     n = 4 if ctx.quick else TRIALS
     mesh = pool(ctx).get("piper")
     fig = out.add(

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 from voxmesh.client import MicStream, WsClient
 
-from .echo import RATE, REPLY, Speakerphone
+from .echo import DELAY_MS, ECHO_DB, RATE, REPLY, Speakerphone
 from .mesh import pool
 from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
 
-ECHO_DB, DELAY_MS = -10.0, 100.0
 SESSION_BOT_S = 60.0  # bot speech per session (a new room each)
 SOAK_MIN = float(os.environ.get("VOXMESH_BENCH_ECHO_SOAK_MIN", "10"))
 FRAME_S = 0.02

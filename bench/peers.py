@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import selectors
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -43,7 +42,7 @@ from voxmesh.supervisor.launch import free_port
 
 from . import speech
 from .mesh import pool
-from .registry import BenchContext, Outcome, Skip, scenario
+from .registry import BenchContext, Outcome, Skip, require_tool, scenario
 from .report import Figure, Row
 from .stats import summarize
 from .turns import VOICES, _espeak
@@ -302,8 +301,7 @@ async def run(sides: list[Side], items: list[Clip], block: int, idle_s: float) -
 def peers_scenario(ctx: BenchContext, out: Outcome) -> None:
     if not os.access(PEERS_PYTHON, os.X_OK):
         raise Skip(ABSENT.format(python=PEERS_PYTHON.relative_to(ROOT)))
-    if shutil.which("espeak-ng") is None:
-        raise Skip("espeak-ng is not installed (the user's voices)")
+    require_tool("espeak-ng", "the user's voices")
     items = clips(4 if ctx.quick else 16)  # made before anything is timed
     mesh = pool(ctx).get("piper")
     with tempfile.TemporaryDirectory(prefix="vxm-peers-") as tmp:

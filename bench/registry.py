@@ -8,6 +8,7 @@ promised appends what it has and records the rest with ``Outcome.skip``.
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +37,12 @@ SCENARIO_MODULES = (
 
 class Skip(Exception):
     """This scenario cannot run on this machine or in this tree; the message says why."""
+
+
+def require_tool(tool: str, why: str) -> None:
+    """Skip the scenario unless ``tool`` is on PATH; ``why`` says what it is for."""
+    if shutil.which(tool) is None:
+        raise Skip(f"{tool} is not installed ({why})")
 
 
 @dataclass

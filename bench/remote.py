@@ -44,7 +44,7 @@ from voxmesh.mesh import curve
 from voxmesh.supervisor.launch import MeshError, MeshProcess, WorkerProcess, free_port, wait_for
 
 from . import speech
-from .registry import BenchContext, Outcome, Skip, scenario
+from .registry import BenchContext, Outcome, Skip, require_tool, scenario
 from .report import Figure, Row
 
 SHORT = "Hello there, how are you?"
@@ -267,8 +267,7 @@ async def _data_rate(v: Variant, sessions: int) -> None:
 
 @scenario("remote", "TTS on another host: first audio, interruption, bridge cost", order=67)
 def remote_scenario(ctx: BenchContext, out: Outcome) -> None:
-    if shutil.which("unshare") is None:
-        raise Skip("no unshare: the worker host needs a mount namespace")
+    require_tool("unshare", "the worker host needs a mount namespace")
     rounds, repeats = (3, 1) if ctx.quick else (8, 3)
     root = Path(tempfile.mkdtemp(prefix="vxm-remote-"))
     variants: list[Variant] = []
@@ -419,8 +418,7 @@ async def _voice_turns(v: AsrVariant, texts: list[str]) -> None:
 
 @scenario("remote_asr", "ASR on another host: voice-to-voice vs local, mic bytes", order=68)
 def remote_asr_scenario(ctx: BenchContext, out: Outcome) -> None:
-    if shutil.which("unshare") is None:
-        raise Skip("no unshare: the worker host needs a mount namespace")
+    require_tool("unshare", "the worker host needs a mount namespace")
     rounds, repeats = (2, 1) if ctx.quick else (4, 3)
     root = Path(tempfile.mkdtemp(prefix="vxm-remote-asr-"))
     variants: list[AsrVariant] = []

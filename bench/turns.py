@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import io
-import shutil
 import subprocess
 import wave
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from voxmesh.speech.wer import normalize_text, word_errors
 
 from . import speech
 from .mesh import Mesh, pool
-from .registry import BenchContext, Outcome, Skip, scenario
+from .registry import BenchContext, Outcome, require_tool, scenario
 from .report import Figure, Row
 
 RATE = speech.MIC_RATE
@@ -156,8 +155,7 @@ def _wer_pct(pairs: list[tuple[str, str]]) -> float:
 
 @scenario("turns", "end of turn: Smart Turn vs fixed silence, same speech (Piper, echo)", order=55)
 def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
-    if shutil.which("espeak-ng") is None:
-        raise Skip("espeak-ng is not installed (the user's voices)")
+    require_tool("espeak-ng", "the user's voices")
     items = clips(ctx.quick)
     asr = speech.whisper()
     offline = [asr.transcribe(as_sent(audio)) for _, _, audio in items]
