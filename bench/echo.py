@@ -402,12 +402,11 @@ async def mesh_trial(
             after = [e for e in c.received("clear", mark)]
             if t_onset is not None and after and after[0].data.get("t_last_frame"):
                 trial.reaction_ms = (float(after[0].data["t_last_frame"]) - t_onset) * 1e3
-            # The barge-in burst is judged at its first pause, so the words come as more
-            # than one final transcript: all of them, up to 2 s after the user stopped.
+            # The barge-in burst is judged at its first pause, so the words may come as more
+            # than one turn: all of them, up to 2 s after the user stopped.
             await mic.wait_sent(at + clip.size, 20.0)
             await asyncio.sleep(2.0)
-            finals = [e for e in c.received("transcript", mark) if e.data.get("final")]
-            trial.heard = " ".join(str(e.data["text"]) for e in finals).strip()
+            trial.heard = " ".join(c.user_turns(mark)).strip()
             trial.wer = word_error_rate(said, trial.heard)
         await c.interrupt()
         await c.wait_quiet(0.3, 10.0)

@@ -82,7 +82,9 @@ def echo_barge_scenario(ctx: BenchContext, out: Outcome) -> None:
             stopped[name] += trial.stopped
             if trial.reaction_ms is not None:
                 reactions[name].append(trial.reaction_ms)
-        ctx.log(f"   seed {seed}: " + ", ".join(f"{k} {v[-1:]}" for k, v in reactions.items()))
+            reaction = "-" if trial.reaction_ms is None else f"{trial.reaction_ms:.0f} ms"
+            verdict = "stopped" if trial.stopped else "NOT stopped"
+            ctx.log(f"   seed {seed} {name}: {verdict}, {reaction}, heard {trial.heard!r}")
     for name, (echo_db, delay) in conditions.items():
         fig.add(
             Row(

@@ -207,9 +207,7 @@ async def v2v_trial(side: Side, c: WsClient, mic: MicStream, clip: Clip, keep: b
     if not keep:
         return
     frames = c.frames[first:]
-    heard = " ".join(
-        str(e.data.get("text", "")) for e in c.received("transcript", since) if e.data.get("final")
-    )
+    heard = " ".join(c.user_turns(since))
     side.heard.append(heard)
     e, n = word_errors(clip.text, heard)
     side.edits, side.words = side.edits + e, side.words + n

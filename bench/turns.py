@@ -6,8 +6,9 @@ default "en"), in three sets: complete sentences, sentences with a 300-700 ms pa
 middle ("I would like to go to, um, the station"), and short answers ("Yes.", "No thanks.").
 Per clip: voice-to-voice (the packet holding the last voiced sample leaves -> the first
 reply frame), a premature reply (a reply frame before that packet left: the bot spoke while
-the user was still talking), a split turn (more than one final transcript for one clip),
-and the word error rate of the final transcripts, beside offline tiny.en on the same clip.
+the user was still talking), a split turn (more than one final transcript for one clip; one
+that ``continues`` the last replaces it), and the word error rate of the final transcripts,
+beside offline tiny.en on the same clip.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Trial:
     premature: bool
     finals: list[str]
     offline: str
+    continued: bool  # a final transcript continued the turn (router.continue_ms)
 
     @property
     def heard(self) -> str:
@@ -132,11 +134,11 @@ async def _run(
                 await c.wait_frame(first, 15.0)
             await asyncio.sleep(1.2)  # a second turn (a split) would be heard by now
             frames = c.frame_times(first)
-            finals = [
-                str(e.data["text"]) for e in c.received("transcript", since) if e.data.get("final")
-            ]
+            finals = c.user_turns(since)
+            continued = any(e.data.get("continues") for e in c.received("transcript", since))
             v2v = (frames[0] - t_last) * 1e3 if frames else None
-            out.append(Trial(kind, text, v2v, v2v is not None and v2v < 0, finals, off))
+            premature = v2v is not None and v2v < 0
+            out.append(Trial(kind, text, v2v, premature, finals, off, continued))
             await c.interrupt()
             await c.wait_quiet(0.3, 10.0)
             with contextlib.suppress(TimeoutError):
@@ -190,6 +192,7 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
                         "clips": len(rows),
                         "premature": sum(t.premature for t in rows),
                         "split": sum(len(t.finals) > 1 for t in rows),
+                        "continued": sum(t.continued for t in rows),
                         "no_reply": sum(t.v2v_ms is None for t in rows),
                         "wer_pct": _wer_pct([(t.text, t.heard) for t in rows]),
                         "offline_wer_pct": _wer_pct([(t.text, t.offline) for t in rows]),

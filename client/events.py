@@ -75,6 +75,20 @@ class EventLog:
         """The events of type ``kind`` at index >= ``since``, with their receive times."""
         return [e for e in self.events[since:] if e.kind == kind]
 
+    def user_turns(self, since: int = 0) -> list[str]:
+        """The user's turns as final transcripts at index >= ``since``: one that
+        ``continues`` replaces the last (docs/client-protocol.md), so a turn the user went
+        on with after the bot began its reply is one turn, its whole text."""
+        turns: list[str] = []
+        for e in self.received("transcript", since):
+            if not e.data.get("final"):
+                continue
+            if e.data.get("continues") and turns:
+                turns[-1] = str(e.data["text"])
+            else:
+                turns.append(str(e.data["text"]))
+        return turns
+
     def find(self, pred: EventPredicate, since: int = 0) -> Event | None:
         """The first event at index >= ``since`` matching ``pred``, if one came."""
         return next((e for e in self.events[since:] if pred(e.data)), None)

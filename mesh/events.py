@@ -133,10 +133,13 @@ class Vad(ServerEvent):
 
 @event("transcript")
 class Transcript(ServerEvent):
-    """What the user said: partial while ``final`` is false."""
+    """What the user said: partial while ``final`` is false. ``continues`` (only when
+    true): the user went on within router.continue_ms of the end of their turn, so this is
+    that whole turn again and replaces the last final transcript (its reply was stopped)."""
 
     text: str
     final: bool
+    continues: bool | None = None
 
 
 @event("reply")

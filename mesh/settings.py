@@ -210,6 +210,12 @@ class RouterSettings:
     interrupt_min_ms: int = setting(
         300, "speech this long while the bot talks is a real interruption", low=0
     )
+    continue_ms: int = setting(
+        1000,
+        "words this soon after the user's turn ended go on with it: the reply stops and the "
+        "whole turn is heard again (0: never)",
+        low=0,
+    )
     watchdog_ms: int = setting(
         2000, "'speaking' with no frames for this long is a stuck turn", low=1
     )

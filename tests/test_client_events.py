@@ -14,6 +14,7 @@ from speechgen import piper_wav
 
 from voxmesh.actors.router.session import State
 from voxmesh.client import MicStream, WsClient
+from voxmesh.client.events import EventLog
 from voxmesh.mesh import events
 from voxmesh.mesh.errors import ErrorCode, error_event
 
@@ -143,3 +144,18 @@ async def test_every_event_a_mesh_sends_parses(mesh: MeshProc) -> None:
             assert ErrorCode.of(event.code)
     assert not bad, bad
     assert kinds == set(events.registry()), set(events.registry()) - kinds
+
+
+def test_a_transcript_that_continues_replaces_the_last_users_turn() -> None:
+    log = EventLog()
+    for text, final, continues in [
+        ("Can you", False, None),
+        ("Can you tell me that?", True, None),
+        ("Can you tell me the way", False, True),
+        ("Can you tell me the way to the museum?", True, True),
+        ("Thanks.", True, None),
+    ]:
+        ev = events.Transcript(text=text, final=final, continues=continues)
+        log.record(events.parse(ev.as_dict()).as_dict())
+    assert log.user_turns() == ["Can you tell me the way to the museum?", "Thanks."]
+    assert log.user_turns(since=4) == ["Thanks."]

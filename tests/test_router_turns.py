@@ -313,6 +313,87 @@ async def test_a_short_word_then_a_pause_is_an_interruption() -> None:
     assert finals[-1] == "Stop."
 
 
+def cut_reply_ends(engine: TurnEngine, s: Session) -> None:
+    """The transport reports the stopped reply's end (half of it heard)."""
+    reply = s.cut_reply
+    assert reply is not None
+    ended = PlaybackEnded(
+        session="s",
+        epoch=s.epoch - 1,
+        utterance=reply.utterance,
+        sent_samples=4800,
+        heard_samples=2400,
+        reason="interrupted",
+        t=0.0,
+    )
+    engine.on_playback_ended(s, ended)
+
+
+def finals(out: Recorder) -> list[dict[str, Any]]:
+    return [e for e in out.events if e["type"] == "transcript" and e["final"]]
+
+
+@pytest.mark.parametrize("heard", ["way to the museum", "Please."])
+async def test_words_soon_after_the_turn_go_on_with_it(heard: str) -> None:
+    """The reply began in the user's pause ("Can you tell me the | way to the museum?"): what
+    they say within router.continue_ms stops it, even a lone word, and the whole turn is
+    heard and answered again, one user turn in the history."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "Can you tell me that?")  # the turn: 1000-20000
+    engine.on_vad(s, vad("speech_start", 20000 + 9600))  # 600 ms later
+    engine.on_vad(s, vad("speech_pause", 36000))
+    engine.on_vad(s, vad("speech_end", 36000))
+    asr_answers(engine, out, s, heard)
+    assert any(isinstance(m, Stop) for m in out.tts)  # at once: no LONE_WORD_WAIT_S
+    cut_reply_ends(engine, s)
+    req = asr_answers(engine, out, s, "Can you tell me the way to the museum?")
+    assert (req.start, req.end, req.final) == (1000, 36000, True)  # the whole turn again
+    await settle()
+    assert finals(out)[-1] == {
+        "type": "transcript",
+        "text": "Can you tell me the way to the museum?",
+        "final": True,
+        "continues": True,
+    }
+    assert "continues" not in finals(out)[0]
+    assert s.history == [{"role": "user", "content": "Can you tell me the way to the museum?"}]
+    speak = [m for m in out.tts if isinstance(m, Speak) and m.epoch == s.epoch]
+    assert " ".join(m.text for m in speak) == "Can you tell me the way to the museum?"
+
+
+async def test_words_after_continue_ms_are_a_turn_of_their_own() -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "Can you tell me that?")
+    onset = 20000 + 16000 + 16  # just over router.continue_ms
+    engine.on_vad(s, vad("speech_start", onset))
+    engine.on_vad(s, vad("speech_pause", onset + 8000))
+    engine.on_vad(s, vad("speech_end", onset + 8000))
+    asr_answers(engine, out, s, "Please.")  # a lone word: the bot waits for more
+    assert not any(isinstance(m, Stop) for m in out.tts)
+    out.clock.advance(0.6)
+    assert s.state == State.SPEAKING
+    engine.on_vad(s, vad("speech_start", onset + 20000))
+    engine.on_vad(s, vad("speech_pause", onset + 30000))
+    asr_answers(engine, out, s, "where is the museum")
+    cut_reply_ends(engine, s)
+    req = asr_answers(engine, out, s, "Where is the museum?")
+    assert req.start == onset + 20000 - 3200  # the new words only
+    await settle()
+    assert "continues" not in finals(out)[-1]
+    assert [m["role"] for m in s.history] == ["user", "assistant"]  # the next user text waits
+
+
+@pytest.mark.parametrize("heard", ["Okay.", "Mm-hmm."])
+async def test_a_backchannel_soon_after_the_turn_lets_the_reply_play(heard: str) -> None:
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "Tell me a story.")
+    engine.on_vad(s, vad("speech_start", 24000))
+    engine.on_vad(s, vad("speech_pause", 30000))
+    engine.on_vad(s, vad("speech_end", 30000))
+    asr_answers(engine, out, s, heard)
+    assert s.state == State.SPEAKING and any(isinstance(m, Resume) for m in out.tts)
+
+
 async def test_a_pause_with_no_asr_answer_resumes_after_a_while() -> None:
     engine, out, s = make(interrupt_ms=5000)
     await speak_turn(engine, out, s, "one two three")

@@ -36,6 +36,7 @@ class Reply:
     chunks_done: int = 0  # chunks wholly in the out ring (SPEAK_PROGRESS)
     synthesized: bool = False  # SPEAK_DONE came: every frame is in the ring
     adopted: bool = False  # learnt from the transport after a router restart (text unknown)
+    retracted: bool = False  # its turn went on (router.continue_ms): not part of the history
     turn: TurnRecord | None = None  # its timings, for the turn's log line (None: adopted)
     # One sender at a time: a failover re-sending chunks must not interleave with new ones.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -54,6 +55,7 @@ class Session:
     vad_speaking: bool = False  # the VAD's latest word: speech (start/resume) or not
     pending_end: int | None = None  # sample of a tentative end (speech_pause) being transcribed
     turn_end: int | None = None  # confirmed end (speech_end)
+    continues: bool = False  # this turn is the last one gone on with (router.continue_ms)
     transcripts: dict[int, str] = field(default_factory=dict)  # end sample -> final text
     asr_s: dict[int, float] = field(default_factory=dict)  # end sample -> its ASR time
     tts: str | None = None  # TTS actor serving this session (sticky)

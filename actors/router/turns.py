@@ -43,7 +43,14 @@ from . import turnlog
 from .responder import Responder
 from .session import Reply, Session, State
 from .turnlog import TurnRecord
-from .words import BACKCHANNEL_MAX_S, LONE_WORD_WAIT_S, ends_mid_sentence, interrupts, lone_word
+from .words import (
+    BACKCHANNEL_MAX_S,
+    LONE_WORD_WAIT_S,
+    ends_mid_sentence,
+    goes_on,
+    interrupts,
+    lone_word,
+)
 
 
 class Outbox(Protocol):
@@ -87,6 +94,7 @@ class TurnConfig:
     """What the engine needs of the settings (mesh/settings.py defines each one)."""
 
     interrupt_min_ms: int = RouterSettings.interrupt_min_ms
+    continue_ms: int = RouterSettings.continue_ms
     partial_interval_ms: int = AsrSettings.partial_interval_ms
     watchdog_ms: int = RouterSettings.watchdog_ms
     first_chunk_words: int = TtsSettings.first_chunk_words
@@ -98,6 +106,7 @@ class TurnConfig:
     ) -> TurnConfig:
         return cls(
             interrupt_min_ms=router.interrupt_min_ms,
+            continue_ms=router.continue_ms,
             partial_interval_ms=asr.partial_interval_ms,
             watchdog_ms=router.watchdog_ms,
             first_chunk_words=tts.first_chunk_words,
@@ -186,6 +195,7 @@ class TurnEngine:
         s.turn_start = start
         s.pending_end = None
         s.turn_end = None
+        s.continues = False
         s.transcripts.clear()
         s.asr_s.clear()
         s.partial_inflight_since = 0.0
@@ -310,18 +320,48 @@ class TurnEngine:
         self._set_state(s, State.SPEAKING)
 
     def _interrupt(self, s: Session, why: str) -> None:
-        """A real interruption: the bot yields the floor to the user's new turn."""
+        """A real interruption: the bot yields the floor to the user's new turn, or, when
+        the user has only gone on with the turn just answered, to that whole turn again."""
         burst_end, over = s.burst_end, s.burst_over
+        goes_on_turn = self._just_answered(s)
         s.cancel_timer()
+        if goes_on_turn:
+            why += " (the user's turn goes on)"
         turnlog.barge_in(self._record(s), "stop", s.id, why)
         self._stop_output(s)
-        self._new_turn(s, self._barge_in_start(s))
+        if goes_on_turn:
+            self._retract_turn(s)
+            self._new_turn(s, s.turn_start)  # ASR hears it all again, pause and all
+            s.continues = True
+        else:
+            self._new_turn(s, self._barge_in_start(s))
         self._set_state(s, State.USER_SPEAKING)
         if burst_end is not None and over:  # the VAD has ended this speech: so has the turn
             self._turn_ended(s, burst_end)
         elif burst_end is not None:  # at a pause, as a user's turn is: ASR speculates on it
             s.pending_end = burst_end
             self._request_asr(s, burst_end, final=True)
+
+    def _just_answered(self, s: Session) -> bool:
+        """Is the speech over the reply within router.continue_ms (mic time) of the end of
+        the spoken turn the reply answers? Then the reply began in the user's pause ("Turn
+        off the lights in the kitchen, | please."), and what they say now goes on with it."""
+        reply = s.reply
+        if reply is None or reply.turn is None or reply.turn.source != "voice":
+            return False
+        if self.cfg.continue_ms <= 0:
+            return False
+        window = self.cfg.continue_ms * 16000 // 1000
+        return s.turn_end is not None and 0 <= s.onset_sample - s.turn_end <= window
+
+    @staticmethod
+    def _retract_turn(s: Session) -> None:
+        """The user's turn goes on: its text so far and the (stopped) reply to it leave the
+        history; the whole turn's transcript takes their place when it comes."""
+        if s.history and s.history[-1]["role"] == "user":
+            s.history.pop()
+        if s.cut_reply is not None:
+            s.cut_reply.retracted = True
 
     # --- ASR -------------------------------------------------------------------------------
 
@@ -337,11 +377,14 @@ class TurnEngine:
             if s.state not in (State.USER_SPEAKING, State.PAUSED):
                 return  # the turn ended while it ran: the final transcript is out already
             if tr.text:
-                self.out.event(s, events.Transcript(text=tr.text, final=False).as_dict())
+                ev = events.Transcript(text=tr.text, final=False, continues=s.continues or None)
+                self.out.event(s, ev.as_dict())
             if s.state != State.PAUSED:
                 return
             turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
-            if interrupts(tr.text, tr.no_speech):
+            if interrupts(tr.text, tr.no_speech) or (
+                self._just_answered(s) and goes_on(tr.text, tr.no_speech)
+            ):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
             elif s.burst_end is not None and lone_word(tr.text, tr.no_speech):
@@ -373,7 +416,8 @@ class TurnEngine:
                 self._stop_output(s)
             self._set_state(s, State.LISTENING)
             return
-        self.out.event(s, events.Transcript(text=text, final=True).as_dict())
+        ev = events.Transcript(text=text, final=True, continues=s.continues or None)
+        self.out.event(s, ev.as_dict())
         if s.reply is None:
             assert s.turn_end is not None  # both callers have set it
             self._start_reply(s, text, held=False, turn=self._voice_turn(s, text, s.turn_end))
@@ -624,7 +668,8 @@ class TurnEngine:
                     reply.turn.finish(msg.reason, reply.text)
                 if not reply.adopted:  # an adopted reply's text died with the old router
                     heard = _heard_text(reply, msg)
-                    s.history.append({"role": "assistant", "content": heard})
+                    if not reply.retracted:
+                        s.history.append({"role": "assistant", "content": heard})
                     if msg.reason == "interrupted":  # the page shows only what was heard
                         ev = events.Heard(utterance_id=reply.utterance, text=heard)
                         self.out.event(s, ev.as_dict())

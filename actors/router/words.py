@@ -1,5 +1,6 @@
 """What the words ASR heard mean for turn-taking: do they take the floor from the bot
-(``interrupts``), and does the user's sentence stop short (``ends_mid_sentence``)?
+(``interrupts``), carry the user's just-ended turn on (``goes_on``), and does the user's
+sentence stop short (``ends_mid_sentence``)?
 
 Pure functions of the text; the router's turn engine (turns.py) acts on them.
 """
@@ -79,6 +80,15 @@ def lone_word(text: str, no_speech: float = 0.0) -> bool:
     """One word that does not take the floor alone ("with" for a "Wait," after the echo
     canceller, "Bye."): it may start a sentence, so more speech soon after it does."""
     return len(_content(text)) == 1 and not interrupts(text, no_speech)
+
+
+def goes_on(text: str, no_speech: float = 0.0) -> bool:
+    """Do these words, heard over a reply the user's own turn has just had (within
+    router.continue_ms), carry that turn on ("..., please", "...the | way to the museum")?
+    Any word that says something does, a lone one only where Whisper does not call the
+    window likely silence; backchannels and fillers do not."""
+    words = _content(text)
+    return len(words) > 1 or (len(words) == 1 and no_speech < NO_SPEECH_WORD)
 
 
 def _content(text: str) -> list[str]:
