@@ -333,17 +333,23 @@ def finals(out: Recorder) -> list[dict[str, Any]]:
     return [e for e in out.events if e["type"] == "transcript" and e["final"]]
 
 
-@pytest.mark.parametrize("heard", ["way to the museum", "Please."])
-async def test_words_soon_after_the_turn_go_on_with_it(heard: str) -> None:
+@pytest.mark.parametrize(("heard", "no_speech"), [("way to the museum", 0.1), ("Please.", 0.53)])
+async def test_words_soon_after_the_turn_go_on_with_it(heard: str, no_speech: float) -> None:
     """The reply began in the user's pause ("Can you tell me the | way to the museum?"): what
-    they say within router.continue_ms stops it, even a lone word, and the whole turn is
-    heard and answered again, one user turn in the history."""
+    they say within router.continue_ms stops it, even a lone word Whisper half calls silence,
+    and the whole turn is heard and answered again, one user turn in the history."""
     engine, out, s = make(interrupt_ms=5000)
     await speak_turn(engine, out, s, "Can you tell me that?")  # the turn: 1000-20000
     engine.on_vad(s, vad("speech_start", 20000 + 9600))  # 600 ms later
     engine.on_vad(s, vad("speech_pause", 36000))
     engine.on_vad(s, vad("speech_end", 36000))
-    asr_answers(engine, out, s, heard)
+    req = out.asr[-1]
+    engine.on_transcript(
+        s,
+        Transcript(
+            session="s", turn=req.turn, text=heard, final=False, end=req.end, no_speech=no_speech
+        ),
+    )
     assert any(isinstance(m, Stop) for m in out.tts)  # at once: no LONE_WORD_WAIT_S
     cut_reply_ends(engine, s)
     req = asr_answers(engine, out, s, "Can you tell me the way to the museum?")
@@ -359,6 +365,23 @@ async def test_words_soon_after_the_turn_go_on_with_it(heard: str) -> None:
     assert s.history == [{"role": "user", "content": "Can you tell me the way to the museum?"}]
     speak = [m for m in out.tts if isinstance(m, Speak) and m.epoch == s.epoch]
     assert " ".join(m.text for m in speak) == "Can you tell me the way to the museum?"
+
+
+async def test_a_burst_heard_as_nothing_keeps_the_window_open() -> None:
+    """ "...maybe we could | go out for dinner": ASR hears nothing in the first syllable and
+    the reply resumes; the rest, soon after, still goes on with the turn."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "So I was thinking that maybe we could...")
+    engine.on_vad(s, vad("speech_start", 28000))
+    engine.on_vad(s, vad("speech_pause", 31000))
+    asr_answers(engine, out, s, "")
+    assert s.state == State.SPEAKING  # resumed
+    onset = 31000 + 12800  # 1.5 s after the turn's end, 0.8 s after the burst's
+    engine.on_vad(s, vad("speech_start", onset))
+    engine.on_vad(s, vad("speech_pause", onset + 8000))
+    asr_answers(engine, out, s, "Four dinner.")
+    req = out.asr[-1]
+    assert (req.start, req.final) == (1000, True)
 
 
 async def test_words_after_continue_ms_are_a_turn_of_their_own() -> None:

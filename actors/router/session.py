@@ -56,6 +56,9 @@ class Session:
     pending_end: int | None = None  # sample of a tentative end (speech_pause) being transcribed
     turn_end: int | None = None  # confirmed end (speech_end)
     continues: bool = False  # this turn is the last one gone on with (router.continue_ms)
+    # The user's last speech a continuation's router.continue_ms counts from: the turn's end,
+    # or the end of a burst over the reply within that window that was not words yet.
+    window_from: int | None = None
     transcripts: dict[int, str] = field(default_factory=dict)  # end sample -> final text
     asr_s: dict[int, float] = field(default_factory=dict)  # end sample -> its ASR time
     tts: str | None = None  # TTS actor serving this session (sticky)

@@ -196,6 +196,7 @@ class TurnEngine:
         s.pending_end = None
         s.turn_end = None
         s.continues = False
+        s.window_from = None
         s.transcripts.clear()
         s.asr_s.clear()
         s.partial_inflight_since = 0.0
@@ -281,7 +282,7 @@ class TurnEngine:
             self._turn_ended(s, ev.sample)
 
     def _turn_ended(self, s: Session, sample: int) -> None:
-        s.turn_end = sample
+        s.turn_end = s.window_from = sample
         self._set_state(s, State.THINKING)
         if sample in s.transcripts:
             self._turn_confirmed(s, s.transcripts[sample])
@@ -314,6 +315,10 @@ class TurnEngine:
             self._resume(s)
 
     def _resume(self, s: Session) -> None:
+        if s.burst_end is not None and self._just_answered(s):
+            # "go out for dinner" whose first syllable ASR heard as nothing: the rest of it,
+            # soon after, still goes on with the turn
+            s.window_from = s.burst_end
         s.cancel_timer()
         self.out.to_tts(s, Resume(session=s.id, epoch=s.epoch))
         self.out.to_transport(Release(session=s.id, epoch=s.epoch))
@@ -352,7 +357,7 @@ class TurnEngine:
         if self.cfg.continue_ms <= 0:
             return False
         window = self.cfg.continue_ms * 16000 // 1000
-        return s.turn_end is not None and 0 <= s.onset_sample - s.turn_end <= window
+        return s.window_from is not None and 0 <= s.onset_sample - s.window_from <= window
 
     @staticmethod
     def _retract_turn(s: Session) -> None:
@@ -382,9 +387,7 @@ class TurnEngine:
             if s.state != State.PAUSED:
                 return
             turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
-            if interrupts(tr.text, tr.no_speech) or (
-                self._just_answered(s) and goes_on(tr.text, tr.no_speech)
-            ):
+            if interrupts(tr.text, tr.no_speech) or (self._just_answered(s) and goes_on(tr.text)):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
             elif s.burst_end is not None and lone_word(tr.text, tr.no_speech):
