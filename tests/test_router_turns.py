@@ -103,6 +103,10 @@ def vad(kind: str, sample: int) -> VadEvent:
     return VadEvent(session="s", kind=kind, sample=sample, t=0.0)
 
 
+def finals(out: Recorder) -> list[dict[str, Any]]:
+    return [e for e in out.events if e["type"] == "transcript" and e["final"]]
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -143,8 +147,7 @@ async def test_turn_reply_is_pregenerated_under_hold_then_released() -> None:
     assert " ".join(m.text for m in speak) == "hello there"
     assert speak[-1].last and speak[0].first
     assert out.states() == ["user_speaking", "thinking", "speaking"]
-    finals = [e for e in out.events if e["type"] == "transcript" and e["final"]]
-    assert finals == [{"type": "transcript", "text": "hello there", "final": True}]
+    assert finals(out) == [{"type": "transcript", "text": "hello there", "final": True}]
     assert {"type": "reply", "text": "hello there"} in out.events
 
 
@@ -281,8 +284,7 @@ async def test_words_at_a_pause_interrupt_and_the_turn_waits_for_its_end() -> No
     engine.on_vad(s, vad("speech_end", 54000))
     await settle()
     assert s.state in (State.THINKING, State.SPEAKING)
-    finals = [e["text"] for e in out.events if e["type"] == "transcript" and e["final"]]
-    assert finals[-1] == "Stop, wait."
+    assert finals(out)[-1]["text"] == "Stop, wait."
 
 
 async def test_words_heard_during_pause_confirm_the_interruption() -> None:
@@ -309,8 +311,7 @@ async def test_a_short_word_then_a_pause_is_an_interruption() -> None:
     req = asr_answers(engine, out, s, "Stop.")
     assert (req.start, req.end, req.final) == (50000 - 3200, 54000, True)
     await settle()
-    finals = [e["text"] for e in out.events if e["type"] == "transcript" and e["final"]]
-    assert finals[-1] == "Stop."
+    assert finals(out)[-1]["text"] == "Stop."
 
 
 def cut_reply_ends(engine: TurnEngine, s: Session) -> None:
@@ -327,10 +328,6 @@ def cut_reply_ends(engine: TurnEngine, s: Session) -> None:
         t=0.0,
     )
     engine.on_playback_ended(s, ended)
-
-
-def finals(out: Recorder) -> list[dict[str, Any]]:
-    return [e for e in out.events if e["type"] == "transcript" and e["final"]]
 
 
 @pytest.mark.parametrize(("heard", "no_speech"), [("way to the museum", 0.1), ("Please.", 0.53)])

@@ -36,6 +36,7 @@ from voxmesh.mesh.protocol import (
     TurnWords,
     VadEvent,
 )
+from voxmesh.mesh.ring import MIC_RATE
 from voxmesh.mesh.settings import AsrSettings, MeshSettings, RouterSettings, TtsSettings
 from voxmesh.speech.chunking import SentenceChunker
 
@@ -86,7 +87,7 @@ ASR_LOST_S = 2.0
 # ASR hears a barge-in from this long before the VAD's onset: Silero starts late on soft
 # onsets, and "Stop" cut to "op" is heard as nothing (measured on Piper speech: the first
 # word of "Stop, wait a moment." recognised in 4 of 6 windows from the onset, 6 of 6 with 200 ms).
-BARGE_IN_ASR_LEAD = 16000 * 200 // 1000
+BARGE_IN_ASR_LEAD = MIC_RATE * 200 // 1000
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ class TurnEngine:
             return False
         if self.cfg.continue_ms <= 0:
             return False
-        window = self.cfg.continue_ms * 16000 // 1000
+        window = self.cfg.continue_ms * MIC_RATE // 1000
         return s.window_from is not None and 0 <= s.onset_sample - s.window_from <= window
 
     @staticmethod
@@ -458,7 +459,7 @@ class TurnEngine:
             return  # the speculative final for this pause is on its way: a partial only delays it
         start = s.onset_sample if s.state == State.PAUSED else s.turn_start
         head = self.out.mic_head(s)
-        if head - start >= 16000 * 0.3:
+        if head - start >= MIC_RATE * 0.3:
             if s.state == State.PAUSED:
                 start = self._barge_in_start(s)
             self._request_partial(s, start, head, now)
