@@ -30,9 +30,7 @@ four steps before the mic ring (VAD and ASR see the result):
 4. **Residual-echo gate** (``ResidualGate``): which of AEC3's work reaches VAD and ASR;
    the raw mic well above the echo's learnt level passes as it came (AEC3's suppression
    costs a talker over a quieter echo nothing), a mic the echo alone explains is zeroed,
-   and in between AEC3's output passes if it is above what AEC3 leaves of an echo. The
-   echo's level (ERL) is learnt from the frames seen while the path was unknown the moment
-   it is found, so a user who talks just then is not taken for a louder echo.
+   and in between AEC3's output passes if it is above what AEC3 leaves of an echo.
 
 While the far end has been silent for ``TAIL_FRAMES`` the mic passes untouched and AEC3 is
 not called: an idle session costs nothing. ``stats`` counts what was done.
@@ -80,9 +78,7 @@ BAND_HZ: Final = (150.0, 6000.0)  # where speech (ours and the room's) has its p
 PHAT_BETA: Final = 0.7  # partial whitening: bins the far end fills count a little more
 
 # The residual-echo gate (ResidualGate), in dB of 10 ms frame energy.
-ERL_INIT_DB: Final = 0.0  # nothing to learn from: echo as loud as the far end (strict)
-SEED_FRAMES: Final = 400  # 4 s of mic kept until the path is known, to learn the ERL from
-SEED_MIN: Final = 20  # loud far-end frames it takes to seed the ERL from them
+ERL_INIT_DB: Final = 0.0  # before it has learnt: echo as loud as the far end (strict)
 QUANTILE_STEP_DB: Final = 0.5
 UNKNOWN_GATE_DB: Final = 4.0  # before a path is known: AEC3 still converging, be strict
 RESIDUAL_DB: Final = 10.0  # AEC3's output must also be no more than this below the echo
@@ -111,7 +107,6 @@ class EchoStats:
     in_energy: float = 0.0  # sum of squares of the raw mic while cancelling...
     out_energy: float = 0.0  # ...and after AEC3 (before the gate): their ratio is ERLE
     decided_after: int | None = None  # far-active frames before the first NONE/ECHO
-    erl_seeded: float | None = None  # the ERL learnt from those frames once it was ECHO
 
     @property
     def erle_db(self) -> float:
@@ -291,32 +286,6 @@ class Quantile:
         self.value += self.step * (self.q - (1.0 if x < self.value else 0.0))
 
 
-class Envelope:
-    """The far-end energy (dB) the echo in a mic frame comes from: the reference ``lag``
-    back, held with the room's decay; before the lag is known, the loudest frame an echo
-    could come from (strict). Push every frame's reference energy, ask for active ones."""
-
-    def __init__(self) -> None:
-        self._ref_e: deque[float] = deque(maxlen=MAX_LAG // APM_FRAME + 2)  # linear
-        self._env = 0.0
-
-    def push(self, e_ref: float) -> None:
-        self._ref_e.append(10 ** (e_ref / 10))
-
-    def at(self, lag: int | None) -> float:
-        if lag is None:
-            self._env = max(self._ref_e)
-        else:
-            k = max(0, lag) // APM_FRAME
-            back = [self._ref_e[-1 - i] for i in (k, k + 1) if i < len(self._ref_e)]
-            self._env = max(max(back, default=0.0), self._env * ROOM_DECAY)
-        return 10.0 * float(np.log10(self._env + 1.0))
-
-    def peak(self) -> float:
-        """The loudest far-end frame an echo could come from now (dB)."""
-        return 10.0 * float(np.log10(max(self._ref_e) + 1.0))
-
-
 class ResidualGate:
     """Per 10 ms frame, what of AEC3's work reaches VAD and ASR while the bot talks.
 
@@ -353,24 +322,10 @@ class ResidualGate:
         self._open = 0
         self._raw_passing = False  # the user is over the echo: the raw mic passes
 
-    @staticmethod
-    def loud(env: float, env_peak: float) -> bool:
-        """Whether a frame tells the echo's level: the far end it echoes is loud."""
-        return env > FAR_FLOOR_DB and env >= env_peak - LOUD_DB
-
     def learn(self, e_in: float, env: float, env_peak: float) -> None:
         """Every far-active frame once an echo path is known: how loud the echo is."""
-        if self.loud(env, env_peak):
+        if env > FAR_FLOOR_DB and env >= env_peak - LOUD_DB:
             self.erl.push(e_in - env)
-
-    def seed(self, levels: list[float]) -> float | None:
-        """The ERL from the frames before the path was known (mic over env, loud frames):
-        their median, which ``learn`` would reach only some 60 frames on. A user talking
-        in them only raises it (the strict side)."""
-        if len(levels) < SEED_MIN:
-            return None
-        self.erl.value = float(np.median(levels))
-        return self.erl.value
 
     def delayed(self, near: np.ndarray) -> np.ndarray:
         """The raw frame as late as AEC3's output of it."""
@@ -436,12 +391,9 @@ class EchoCanceller:
         self.stats = EchoStats()
         self._near = 0  # mic samples processed
         self._far_db: deque[float] = deque(maxlen=TAIL_FRAMES)
-        self._envelope = Envelope()
+        self._ref_e: deque[float] = deque(maxlen=MAX_LAG // APM_FRAME + 2)  # linear
+        self._env = 0.0  # the echo's envelope before the room's loss (linear energy)
         self._active_frames = 0
-        # (reference dB, mic dB, far active) of each frame while the path is UNKNOWN: once
-        # it is ECHO, the ERL is learnt from them at once. A decision that came late (2 s
-        # of bot speech) left the gate strict for 0.6 s more, and "Wait, stop," was zeroed.
-        self._unknown: deque[tuple[float, float, bool]] | None = deque(maxlen=SEED_FRAMES)
 
     # --- the far end ------------------------------------------------------------------------
 
@@ -482,21 +434,18 @@ class EchoCanceller:
         self._near += near.size
         e_ref, e_in = energy_db(ref), energy_db(near)
         self._far_db.append(e_ref)
-        self._envelope.push(e_ref)
-        active = self._far_active()
-        if self._unknown is not None:
-            self._unknown.append((e_ref, e_in, active))
-        if not active:
+        self._ref_e.append(10 ** (e_ref / 10))
+        if not self._far_active():
             self.gate.reset()
             return near.tobytes()  # nothing to cancel: the user's audio as it came
         self._active_frames += 1
         self.path.push(ref, near, e_ref, e_in)
-        if self.path.state != Path.UNKNOWN:
-            self._decided()
+        if st.decided_after is None and self.path.state != Path.UNKNOWN:
+            st.decided_after = self._active_frames
+        env = self._envelope()
         learnt = self.path.state == Path.ECHO
-        env = self._envelope.at(self.path.lag if learnt else None)
         if learnt:
-            self.gate.learn(e_in, env, self._envelope.peak())
+            self.gate.learn(e_in, env, 10.0 * float(np.log10(max(self._ref_e) + 1.0)))
         if self.path.state == Path.NONE:
             st.passed += 1
             return near.tobytes()  # a headset: nothing of ours in the mic to take out
@@ -515,36 +464,27 @@ class EchoCanceller:
         st.gated += 1
         return bytes(near.size * 2)
 
-    def _decided(self) -> None:
-        """The path is known: on ECHO, the ERL from the frames seen before (a NONE first
-        saw a mic without echo, and the ERL stays strict until ``learn`` has learnt it)."""
-        if self.stats.decided_after is None:
-            self.stats.decided_after = self._active_frames
-        if self._unknown is None:
-            return
-        frames, self._unknown = self._unknown, None
-        if self.path.state != Path.ECHO:
-            return
-        replay = Envelope()
-        levels = []
-        for e_ref, e_in, active in frames:
-            replay.push(e_ref)
-            if active:
-                env = replay.at(self.path.lag)
-                if self.gate.loud(env, replay.peak()):
-                    levels.append(e_in - env)
-        self.stats.erl_seeded = self.gate.seed(levels)
+    def _envelope(self) -> float:
+        """The far-end energy (dB) the echo in this mic frame comes from: the reference
+        ``lag`` back, held with the room's decay; before the lag is known, the loudest
+        frame an echo could come from (strict)."""
+        lag = self.path.lag
+        if lag is None or self.path.state != Path.ECHO:
+            self._env = max(self._ref_e)
+        else:
+            k = max(0, lag) // APM_FRAME
+            back = [self._ref_e[-1 - i] for i in (k, k + 1) if i < len(self._ref_e)]
+            self._env = max(max(back, default=0.0), self._env * ROOM_DECAY)
+        return 10.0 * float(np.log10(self._env + 1.0))
 
     def summary(self) -> str:
         """One line for the session's close log."""
         st = self.stats
         cpu = 100 * st.cpu_s / max((st.cancelled + st.passed) * 0.01, 1e-9)
-        seeded = "-" if st.erl_seeded is None else f"{st.erl_seeded:.1f} dB"
         return (
             f"echo path {self.path.state.value} (z {self.path.z:.1f}, after "
             f"{st.decided_after} far frames), {st.frames} frames, {st.cancelled} cancelled, "
             f"{st.gated} gated, {st.passed} passed, {st.resumes} resumes, {st.reanchors} "
-            f"re-anchored, ERL {self.gate.erl.value:.1f} dB (seeded {seeded}), ERLE "
-            f"{st.erle_db:.1f} dB, "
+            f"re-anchored, ERL {self.gate.erl.value:.1f} dB, ERLE {st.erle_db:.1f} dB, "
             f"{cpu:.2f} % of a core while the bot talked"
         )
