@@ -29,13 +29,15 @@ CHUNK = 512  # samples per model call (32 ms)
 CONTEXT = 64  # samples of the previous chunk the model sees before each chunk
 
 # When the turn model (speech/smart_turn.py) judges a pause, in ms of silence: at its first
-# silent chunk, and once more at 200 ms if it called the turn unfinished; a pause after more
-# speech is judged anew. The re-check hears the silence itself as an ending: at 200 ms it
-# rescued 5 of 6 complete espeak sentences first called unfinished, but also ended 4 of 4
-# espeak and 1 of 3 Piper sentences paused mid-way; those end on a word a sentence does not
-# end on ("go to", "colour is"), and the router's words say so (``words``), which keeps
-# them open. At 400-500 ms, even with a bar of 0.9, it rescued none (bench/turns.py's clips).
-TURN_CHECKS_MS: tuple[int, ...] = (0, 200)
+# silent chunk, then every 100 ms while it calls the turn unfinished and the words do not
+# say why (a pause after more speech is judged anew). Its verdict on one ending swings with
+# a few ms more silence (espeak's "...in Paris today?": p 0.05 / 0.80 / 0.04 at 0 / 128 /
+# 200 ms), so looking again soon rescues a finished turn one look at 200 ms missed: of 48
+# finished turns offline (bench/turns.py's 16; 8 more sentences in 3 other espeak voices and
+# Piper), one look at 200 ms left 4 to wait vad.words_silence_ms, these checks 2.
+# Turns paused mid-sentence are kept open by the words (``words``: "go to", "colour is"),
+# not by the model, which calls most such pauses finished at once anyway.
+TURN_CHECKS_MS: tuple[int, ...] = (0, 100, 200, 300, 400)
 # A "complete" verdict waits this long (of silence) for the router's words on the pause: they
 # come with the speculative transcript (~50-150 ms here), which the reply needs anyway; an
 # ASR that is slow or gone costs this much, not vad.max_silence_ms.

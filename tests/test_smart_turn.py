@@ -188,28 +188,35 @@ def test_late_complete_verdict_ends_at_once_on_the_pause_sample() -> None:
     assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
 
 
-def test_unfinished_is_checked_again_at_200_ms() -> None:
+def test_unfinished_is_checked_again_100_ms_later() -> None:
     seg = adaptive()
     first = pause(seg)
     seg.words(PAUSE_SAMPLE, mid_sentence=False)
     assert seg.verdict(first.token, False) == []
-    assert feed(seg, [0.0] * 5, 41) == [] and seg.check_due() is None  # 192 ms
-    assert feed(seg, [0.0], 46) == []
-    second = seg.check_due()  # 224 ms
-    assert second is not None and second.end == 47 * CHUNK
-    (end,) = seg.verdict(second.token, True)  # a silence that long sounds finished
+    assert feed(seg, [0.0] * 2, 41) == [] and seg.check_due() is None  # 96 ms
+    assert feed(seg, [0.0], 43) == []
+    second = seg.check_due()  # 128 ms
+    assert second is not None and second.end == 44 * CHUNK
+    (end,) = seg.verdict(second.token, True)  # a little more silence sounds finished
     assert (end.kind, end.sample) == ("speech_end", PAUSE_SAMPLE)
 
 
-def test_unfinished_twice_waits_for_the_max_silence() -> None:
+def test_unfinished_at_every_check_waits_for_the_max_silence() -> None:
     seg = adaptive()
     first = pause(seg)
     assert seg.verdict(first.token, False) == []
-    events = feed(seg, [0.0] * 6, 41)
-    second = seg.check_due()
-    assert second is not None and seg.verdict(second.token, False) == []
-    events += feed(seg, [0.0] * 34, 47)
-    assert seg.check_due() is None  # no third check
+    events: list[tuple[int, str]] = []
+    ends = []
+    for at in range(41, 80):  # bounded: 1.25 s of silence
+        events += feed(seg, [0.0], at)
+        if events:
+            break
+        check = seg.check_due()
+        if check is not None:
+            ends.append(check.end // CHUNK)
+            assert seg.verdict(check.token, False) == []
+    # silence of 128, 224, 320, 416 ms (the first chunk at or past each of TURN_CHECKS_MS)
+    assert ends == [44, 47, 50, 53]
     assert events == [(71, "speech_end")]
 
 
@@ -247,7 +254,7 @@ def test_a_complete_verdict_is_not_checked_again() -> None:
 def test_a_check_point_passed_while_one_runs_is_not_asked_twice() -> None:
     seg = adaptive()
     first = pause(seg)
-    feed(seg, [0.0] * 9, 41)  # 320 ms: past the second point while the first runs
+    feed(seg, [0.0] * 9, 41)  # 320 ms: past three more points while the first runs
     assert seg.check_due() is None and seg.verdict(first.token, False) == []
     second = seg.check_due()
     assert second is not None and second.end == 50 * CHUNK
