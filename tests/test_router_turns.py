@@ -914,3 +914,47 @@ async def test_a_reply_the_turn_outgrew_logs_nothing_and_a_dropped_one_does(
         "interrupted",
         "typed words",
     )
+
+
+async def test_words_before_the_reply_plays_make_the_whole_turn_replace_its_transcript() -> None:
+    """ "Turn off the lights in the kitchen, | please.": the turn ended at the comma and its
+    transcript went out, but the user goes on before the reply plays. The client gets the
+    whole turn as the one that replaces it, and answers it once."""
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    asr_answers(engine, out, s, "Turn off the lights in the kitchen.")
+    engine.on_vad(s, vad("speech_end", 20000))
+    await settle()
+    assert s.state == State.THINKING and len(finals(out)) == 1
+    engine.on_vad(s, vad("speech_start", 20000 + 6400))  # before any frame played
+    assert any(isinstance(m, Stop) for m in out.tts)
+    engine.on_vad(s, vad("speech_pause", 34000))
+    req = asr_answers(engine, out, s, "Turn off the lights in the kitchen, please.")
+    assert (req.start, req.end) == (1000, 34000)  # the whole turn again
+    engine.on_vad(s, vad("speech_end", 34000))
+    await settle()
+    assert finals(out)[-1] == {
+        "type": "transcript",
+        "text": "Turn off the lights in the kitchen, please.",
+        "final": True,
+        "continues": True,
+    }
+    assert s.history == [{"role": "user", "content": "Turn off the lights in the kitchen, please."}]
+    speak = [m for m in out.tts if isinstance(m, Speak) and m.epoch == s.epoch]
+    assert " ".join(m.text for m in speak) == "Turn off the lights in the kitchen, please."
+
+
+async def test_words_before_a_transcript_keep_the_turn_whole_without_replacing_one() -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_end", 20000))  # ended before ASR answered the pause
+    assert s.state == State.THINKING and finals(out) == []
+    engine.on_vad(s, vad("speech_start", 26400))
+    engine.on_vad(s, vad("speech_pause", 34000))
+    asr_answers(engine, out, s, "Turn off the lights in the kitchen, please.")
+    engine.on_vad(s, vad("speech_end", 34000))
+    await settle()
+    assert finals(out) == [
+        {"type": "transcript", "text": "Turn off the lights in the kitchen, please.", "final": True}
+    ]

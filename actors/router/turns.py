@@ -233,9 +233,14 @@ class TurnEngine:
             if s.confirm_due:
                 self._interrupt(s, "speech again after interrupt_min_ms")
         elif s.state == State.THINKING:
-            # The user went on talking before the reply played: drop it, keep the turn whole.
+            # The user went on talking before the reply played: drop it, keep the turn whole;
+            # a final transcript already out is replaced by the whole turn's (as _interrupt).
+            said, continues = self._confirmed(s), s.continues
             self._stop_output(s)
+            if said:
+                self._retract_turn(s)
             self._new_turn(s, s.turn_start)
+            s.continues = said or continues
             self._set_state(s, State.USER_SPEAKING)
         elif s.state == State.LISTENING:
             self._new_turn(s, ev.sample)
@@ -359,6 +364,12 @@ class TurnEngine:
             return False
         window = self.cfg.continue_ms * MIC_RATE // 1000
         return s.window_from is not None and 0 <= s.onset_sample - s.window_from <= window
+
+    @staticmethod
+    def _confirmed(s: Session) -> bool:
+        """Has the turn that ended at ``s.turn_end`` had its final transcript sent (and its
+        text entered the history)? _turn_confirmed does so as soon as it has words."""
+        return s.turn_end is not None and bool(s.transcripts.get(s.turn_end, "").strip())
 
     @staticmethod
     def _retract_turn(s: Session) -> None:
