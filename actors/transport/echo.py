@@ -481,8 +481,9 @@ class EchoCanceller:
         """One line for the session's close log."""
         st = self.stats
         cpu = 100 * st.cpu_s / max((st.cancelled + st.passed) * 0.01, 1e-9)
+        lag = "" if self.path.lag is None else f", lag {1000 * self.path.lag / MIC_RATE:.0f} ms"
         return (
-            f"echo path {self.path.state.value} (z {self.path.z:.1f}, after "
+            f"echo path {self.path.state.value} (z {self.path.z:.1f}{lag}, after "
             f"{st.decided_after} far frames), {st.frames} frames, {st.cancelled} cancelled, "
             f"{st.gated} gated, {st.passed} passed, {st.resumes} resumes, {st.reanchors} "
             f"re-anchored, ERL {self.gate.erl.value:.1f} dB, ERLE {st.erle_db:.1f} dB, "
