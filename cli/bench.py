@@ -8,6 +8,7 @@ the command line (``python -m voxmesh.bench.cli`` runs the same command standalo
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +78,14 @@ def bench(
     tts: str | None,
     list_only: bool,
 ) -> int:
+    # What the run computes itself (offline Whisper, the turns bench's reference for the mesh's
+    # words) must come out as in the actors: their BLAS threads (supervisor/process.py). A
+    # threaded sgemm sums the mel filters in another order, and a borderline clip decodes to
+    # other words ("the lights in the kitchen" / "the live syndication"). Before numpy loads.
+    from voxmesh.supervisor.process import THREAD_DEFAULTS
+
+    for key, value in THREAD_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from voxmesh.bench import registry
     from voxmesh.bench.report import write_json, write_summary
 

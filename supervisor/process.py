@@ -27,7 +27,8 @@ from .child import PARENT_ENV
 # Each actor sizes its own model threads (asr.threads, Piper's onnxruntime pool); numpy's
 # OpenBLAS would add a pool per process whose idle threads spin: measured on 2 cores, it
 # doubled the ASR's CPU per transcript (92 -> 47 ms) for no gain in time. A user's own
-# setting in the environment wins.
+# setting in the environment wins. `voxmesh bench` takes them too (cli/bench.py): the BLAS
+# threads change Whisper's features in the last bits, and so a borderline clip's words.
 THREAD_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
