@@ -31,8 +31,8 @@ CONTEXT = 64  # samples of the previous chunk the model sees before each chunk
 # When the turn model (speech/smart_turn.py) judges a pause, in ms of silence: at its first
 # silent chunk, then every 100 ms while it calls the turn unfinished and the words do not
 # say why (a pause after more speech is judged anew). Its verdict on one ending swings with
-# a few ms more silence (espeak's "...in Paris today?": p 0.05 / 0.80 / 0.04 at 0 / 128 /
-# 200 ms), so looking again soon rescues a finished turn one look at 200 ms missed: of 48
+# a few ms more silence (espeak's "...in Paris today?": p 0.05 / 0.80 / 0.04 at 32 / 160 /
+# 232 ms), so looking again soon rescues a finished turn one look at 200 ms missed: of 48
 # finished turns offline (bench/turns.py's 16; 8 more sentences in 3 other espeak voices and
 # Piper), one look at 200 ms left 4 to wait vad.words_silence_ms, these checks 2.
 # Turns paused mid-sentence are kept open by the words (``words``: "go to", "colour is"),
