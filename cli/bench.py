@@ -9,6 +9,7 @@ the command line (``python -m voxmesh.bench.cli`` runs the same command standalo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -103,7 +104,13 @@ def bench(
         print(f"voxmesh bench: {NO_PLOTS}", file=sys.stderr)
     ctx = registry.BenchContext(quick=quick, out=out, sessions=sessions or None, tts=tts or "")
     t0 = time.monotonic()
-    outcome = registry.run(names, ctx)
+    # A SIGTERM (a cancelled job, `kill`) unwinds like Ctrl-C, so the meshes the run started
+    # are stopped (registry.run closes them) instead of outliving it in their own sessions.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        outcome = registry.run(names, ctx)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # What was measured is written first (JSON, SUMMARY.md); plots come after and may fail
     # without losing any of it.
     for fig in outcome.figures:
@@ -121,6 +128,10 @@ def bench(
     )
     failed = [name for name, why in outcome.skipped if why.startswith("failed")]
     return 1 if failed else 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 NO_PLOTS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -146,3 +147,39 @@ def test_peers_without_its_venv_says_how_to_get_it(
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert "## Not run" in summary and "**peers**" in summary
     assert "`make peers`" in summary and ".venv-peers-absent/bin/python is missing" in summary
+
+
+def test_a_terminated_run_stops_the_meshes_it_started(tmp_path: Path) -> None:
+    """`kill` of a bench run (a cancelled job) must not leave its meshes running: they live in
+    their own sessions, so only the run's own unwinding stops them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    argv = [sys.executable, "-m", "voxmesh.bench.cli", "--quick", "--only", "pause"]
+    run = subprocess.Popen(
+        [*argv, "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    meshes: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not meshes and time.monotonic() < deadline and run.poll() is None:
+            kids = psutil.Process(run.pid).children(recursive=True)
+            meshes = [p for p in kids if "up" in p.cmdline() and "voxmesh" in p.cmdline()]
+            if not meshes:
+                time.sleep(0.2)  # polling another process's children: nothing to wake on
+        assert meshes, "the run started no mesh"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(meshes, timeout=30)
+        assert not alive, f"meshes outlived the run: {alive}"
+    finally:
+        for p in meshes:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        if run.poll() is None:
+            run.kill()
+        run.wait(10)
