@@ -341,7 +341,8 @@ class SpeakDone(Message):
 
 @message(0x27)
 class PlaybackStarted(Message):
-    """Transport -> router: the first frame of an utterance went out at ``t``."""
+    """Transport -> router: the first frame of an utterance went out at ``t``; again when a
+    RELEASE lets one play on that a HOLD cut (its first frames may beat the HOLD)."""
 
     session: str
     epoch: int

@@ -958,3 +958,38 @@ async def test_words_before_a_transcript_keep_the_turn_whole_without_replacing_o
     assert finals(out) == [
         {"type": "transcript", "text": "Turn off the lights in the kitchen, please.", "final": True}
     ]
+
+
+async def test_a_held_reply_that_raced_its_hold_plays_and_ends_as_any_reply() -> None:
+    """The TTS's first frames of the speculative reply reached the transport before its
+    HOLD, so PLAYBACK_STARTED came while the user was still talking: that is not the reply
+    starting. The one sent after the RELEASE is, and the turn then ends in LISTENING."""
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    asr_answers(engine, out, s, "Please send me the report by Friday.")
+    await settle()
+    reply = s.reply
+    assert reply is not None and not reply.released and reply.turn is not None
+    early = PlaybackStarted(session="s", epoch=s.epoch, utterance=reply.utterance, t=1.0)
+    engine.on_playback_started(s, early)
+    assert s.state == State.USER_SPEAKING and reply.turn.first_frame_at is None
+    engine.on_vad(s, vad("speech_end", 20000))
+    assert s.state == State.THINKING and reply.released
+    engine.on_playback_started(
+        s, PlaybackStarted(session="s", epoch=s.epoch, utterance=reply.utterance, t=2.0)
+    )
+    assert s.state == State.SPEAKING and reply.turn.first_frame_at == 2.0
+    engine.on_playback_ended(
+        s,
+        PlaybackEnded(
+            session="s",
+            epoch=s.epoch,
+            utterance=reply.utterance,
+            sent_samples=4800,
+            heard_samples=4800,
+            reason="done",
+            t=3.0,
+        ),
+    )
+    assert out.states()[-3:] == ["thinking", "speaking", "listening"]

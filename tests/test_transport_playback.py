@@ -203,6 +203,26 @@ def test_release_rewinds_to_the_acked_sample_and_reframes(slot: Slot) -> None:
     assert all(len(c.data) == OUT_FRAME_BYTES for c in rest)
 
 
+def test_frames_that_beat_their_hold_are_announced_again_at_the_release(slot: Slot) -> None:
+    """A fast TTS's first frames of a reply pre-generated under HOLD went out before the
+    HOLD came: it cuts them, and the router hears PLAYBACK_STARTED again when the reply
+    really plays (it had been told while the user was still talking)."""
+    pb, sink, _ = make(slot)
+    write(slot, list(range(1, 7)), utt=1)
+    pb.on_ack(0, 0.0)
+    assert len(drain(pb, 0.0)) == 4
+    pb.hold(0, 0.0, 0.001)
+    assert sink.types() == ["audio_start", "clear"]
+    pb.clear_sent_at = 0.002
+    pb.release(0, 0.5)
+    pb.on_ack(0, 0.501)  # the client dropped all it had
+    assert pb.try_finish_release(0.502)
+    drain(pb, 0.51)
+    started = [m for m in sink.routed if isinstance(m, PlaybackStarted)]
+    assert [(m.utterance, m.t) for m in started] == [(1, 0.0), (1, 0.51)]
+    assert sink.types() == ["audio_start", "clear"]  # the client's audio_start: once
+
+
 def test_release_gives_up_waiting_for_an_ack(slot: Slot) -> None:
     pb, _, _ = make(slot)
     write(slot, list(range(8)), utt=1)

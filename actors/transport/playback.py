@@ -98,6 +98,9 @@ class Utterance:
     sent_max: int = 0
     ended: bool = False  # its last sample is in ``pending`` (or was sent)
     started: bool = False  # audio_start went out
+    # The router was told it plays (PLAYBACK_STARTED); told again once a HOLD that cut it
+    # is released: frames that raced ahead of their HOLD are not the reply starting.
+    announced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ class Playback:
         self.release_due = None
         if self.hold_cut and self.utt is not None:
             self._rewind(self.utt)
+            self.utt.announced = False
         self.hold_cut = False
         return True
 
@@ -366,6 +370,8 @@ class Playback:
             u.started = True
             self._anchor_t = None  # every utterance starts its own clock (else a burst)
             self.sink.client_event(events.AudioStart(utterance_id=u.id).as_dict())
+        if not u.announced:
+            u.announced = True
             self.sink.router(
                 PlaybackStarted(session=self.session, epoch=u.epoch, utterance=u.id, t=now)
             )
