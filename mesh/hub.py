@@ -334,13 +334,22 @@ class Hub:
             stranger.hello_at = now
             self._send_to(identity, protocol.encode(Hello()), "Hello")
 
+    def backlogged(self) -> bool:
+        """Messages wait unread: whoever is silent now may only be queued behind them."""
+        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
     def tick(self, now: float) -> None:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + self.heartbeat_s
         beat = protocol.encode(Heartbeat(info=self._heartbeat_info()))
+        # Behind on reading (a flood, a starved loop), we cannot tell a silent peer from one
+        # whose heartbeats wait in the queue: an interval counts only once we have caught up
+        # (a peer that died meanwhile is counted silent from then on).
+        behind = self.backlogged()
         for peer in list(self.peers.values()):
-            peer.liveness -= 1
+            if not behind:
+                peer.liveness -= 1
             if peer.liveness <= 0:
                 log.warning(
                     "peer %s (pid %d) silent for %d heartbeats: presumed dead",

@@ -253,3 +253,35 @@ def test_a_link_announces_itself_at_once_to_a_restarted_hub(tmp_path: Path) -> N
             ctx.term()
 
     run(scenario())
+
+
+def test_peers_are_not_presumed_dead_while_the_hub_is_behind_on_reading(tmp_path: Path) -> None:
+    """A flood (or a starved loop) leaves messages unread; the peers' heartbeats may be among
+    them, so intervals the hub spends behind do not count against anyone."""
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+
+    async def scenario() -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            async with hub_at(endpoint, ctx) as (hub, _):
+                with dealer(ctx, endpoint, "vad") as sock, dealer(ctx, endpoint, "x") as flood:
+                    sock.send_multipart(ready("vad", "vad", auth.token_for(SECRET, "vad")))
+                    await until(lambda: "vad" in hub.peers, 10, "the READY")
+                    for _ in range(200):
+                        flood.send_multipart([b"garbage"])
+                    deadline = time.monotonic() + 10  # the loop is not run: nothing is read
+                    while not hub.backlogged() and time.monotonic() < deadline:
+                        flood.poll(10)  # ZeroMQ's I/O thread delivers them meanwhile
+                    assert hub.backlogged()
+                    now = time.monotonic()
+                    for k in range(1, 3 * hub.liveness_max):
+                        hub.tick(now + k * HB_S)
+                    assert "vad" in hub.peers  # behind all along: no interval counted
+                    await until(lambda: not hub.backlogged(), 10, "the flood read")
+                    for k in range(3 * hub.liveness_max, 4 * hub.liveness_max + 1):
+                        hub.tick(now + k * HB_S)
+                    assert "vad" not in hub.peers  # caught up, and it is silent: dead
+        finally:
+            ctx.destroy(linger=0)
+
+    run(scenario())
