@@ -267,19 +267,28 @@ def test_peers_are_not_presumed_dead_while_the_hub_is_behind_on_reading(tmp_path
                 with dealer(ctx, endpoint, "vad") as sock, dealer(ctx, endpoint, "x") as flood:
                     sock.send_multipart(ready("vad", "vad", auth.token_for(SECRET, "vad")))
                     await until(lambda: "vad" in hub.peers, 10, "the READY")
+                    before = hub.counters["unknown_peer"]  # the READY counts as one
                     for _ in range(200):
                         flood.send_multipart([b"garbage"])
                     deadline = time.monotonic() + 10  # the loop is not run: nothing is read
                     while not hub.backlogged() and time.monotonic() < deadline:
                         flood.poll(10)  # ZeroMQ's I/O thread delivers them meanwhile
                     assert hub.backlogged()
-                    now = time.monotonic()
-                    for k in range(1, 3 * hub.liveness_max):
-                        hub.tick(now + k * HB_S)
+                    at = time.monotonic()
+
+                    def intervals(n: int) -> None:
+                        nonlocal at
+                        for _ in range(n):
+                            at += 2 * HB_S  # past each heartbeat's due time, rounding and all
+                            hub.tick(at)
+
+                    intervals(3 * hub.liveness_max)
                     assert "vad" in hub.peers  # behind all along: no interval counted
-                    await until(lambda: not hub.backlogged(), 10, "the flood read")
-                    for k in range(3 * hub.liveness_max, 4 * hub.liveness_max + 1):
-                        hub.tick(now + k * HB_S)
+                    # Every one read (not a moment between two the I/O thread delivers):
+                    flood_read = lambda: hub.counters["unknown_peer"] == before + 200  # noqa: E731
+                    await until(flood_read, 10, "the flood read")
+                    assert not hub.backlogged()
+                    intervals(hub.liveness_max)
                     assert "vad" not in hub.peers  # caught up, and it is silent: dead
         finally:
             ctx.destroy(linger=0)
