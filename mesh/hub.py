@@ -35,7 +35,16 @@ import zmq
 
 from . import auth, curve, protocol
 from .protocol import Goodbye, Heartbeat, Hello, Message, ProtocolError, Ready
-from .sockets import RECV_BATCH, Counters, Readable, configure, log, log_drop, recv_all
+from .sockets import (
+    RECV_BATCH,
+    Counters,
+    Readable,
+    configure,
+    has_input,
+    log,
+    log_drop,
+    recv_all,
+)
 
 MAX_STRANGERS = 16  # identities whose messages are held until they READY
 MAX_HELD_BYTES = 256 * 1024  # message bodies held per stranger (16 strangers: 4 MiB at most)
@@ -218,7 +227,7 @@ class Hub:
             return [(frames, "") for frames in recv_all(self._sock)]
         out: list[tuple[list[bytes], str]] = []
         try:
-            while len(out) < RECV_BATCH and int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            while len(out) < RECV_BATCH and has_input(self._sock):
                 parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 out.append(([p.bytes for p in parts], _user_id(parts[-1])))
         except zmq.Again:
@@ -336,7 +345,10 @@ class Hub:
 
     def backlogged(self) -> bool:
         """Messages wait unread: whoever is silent now may only be queued behind them."""
-        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+        if not has_input(self._sock):
+            return False
+        self._readable.kick()  # reading ZMQ_EVENTS can take the FD's edge, as a send can
+        return True
 
     def tick(self, now: float) -> None:
         if now < self._next_heartbeat:

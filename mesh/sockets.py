@@ -79,11 +79,16 @@ def close_monitored(sock: zmq.Socket[bytes] | None, monitor: zmq.Socket[bytes] |
         monitor.close(linger=0)
 
 
+def has_input(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message waits on ``sock`` now (ZMQ_EVENTS: no poll, no blocking)."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+
 def recv_all(sock: zmq.Socket[bytes], limit: int = RECV_BATCH) -> list[list[bytes]]:
     """Every multipart message waiting on ``sock`` (at most ``limit``), without blocking."""
     out: list[list[bytes]] = []
     try:
-        while len(out) < limit and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while len(out) < limit and has_input(sock):
             out.append(sock.recv_multipart(zmq.NOBLOCK))
     except zmq.Again:
         pass
