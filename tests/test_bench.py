@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from voxmesh.bench import cli, registry
@@ -152,13 +157,6 @@ def test_peers_without_its_venv_says_how_to_get_it(
 def test_a_terminated_run_stops_the_meshes_it_started(tmp_path: Path) -> None:
     """`kill` of a bench run (a cancelled job) must not leave its meshes running: they live in
     their own sessions, so only the run's own unwinding stops them."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
     argv = [sys.executable, "-m", "voxmesh.bench.cli", "--quick", "--only", "pause"]
     run = subprocess.Popen(
         [*argv, "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
