@@ -245,7 +245,7 @@ class Hub:
 
     def _ready(self, identity: bytes, msg: Ready, now: float, key: str = "") -> None:
         if key and not self._remote_ok(msg, key):
-            self._strangers.pop(identity, None)
+            self._refused(identity)
             return
         if (
             not key  # a remote peer's CURVE key is its credential
@@ -254,7 +254,7 @@ class Hub:
             and not auth.verify(self.secret, msg.name, msg.token)
         ):
             log_drop(self.counters, "refused", f"Ready as {msg.name!r} without a valid token")
-            self._strangers.pop(identity, None)  # what it sent before is not to be served
+            self._refused(identity)
             return
         if msg.kind in self.open_kinds and msg.name in self.peers:
             old_kind = self.peers[msg.name].kind
@@ -286,6 +286,15 @@ class Hub:
                 if not isinstance(early, (Ready, Heartbeat)):
                     self.counters.bump("held_served")
                     self._serve(peer, early)
+
+    def _refused(self, identity: bytes) -> None:
+        """A stranger's READY was refused: what it sent before is not to be served, but it
+        stays a stranger with its budget and HELLO timing spent (forgetting it would give
+        every refused READY a fresh budget, and a flood of them all our time)."""
+        stranger = self._strangers.get(identity)
+        if stranger is not None:
+            stranger.held.clear()
+            stranger.held_bytes = 0
 
     def _remote_ok(self, msg: Ready, key: str) -> bool:
         """May a CURVE-authenticated peer READY as this kind and name?"""

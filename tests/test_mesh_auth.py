@@ -16,7 +16,7 @@ from pathlib import Path
 import zmq
 
 from voxmesh.mesh import auth, protocol
-from voxmesh.mesh.hub import MAX_HELD_BYTES, MAX_STRANGERS, Hub, Peer
+from voxmesh.mesh.hub import MAX_HELD_BYTES, MAX_STRANGERS, STRANGER_BUDGET, Hub, Peer
 from voxmesh.mesh.link import Link
 from voxmesh.mesh.protocol import ClientText, Heartbeat, Hello, Message, Ready
 from voxmesh.mesh.sockets import MAX_FRAME_BYTES
@@ -47,10 +47,12 @@ class Recorder:
 
 @contextlib.asynccontextmanager
 async def hub_at(
-    endpoint: str, ctx: zmq.Context[zmq.Socket[bytes]]
+    endpoint: str, ctx: zmq.Context[zmq.Socket[bytes]], heartbeat_s: float = HB_S
 ) -> AsyncIterator[tuple[Hub, Recorder]]:
     rec = Recorder()
-    hub = Hub(ctx, endpoint, rec.on_message, on_ready=rec.on_ready, heartbeat_s=HB_S, secret=SECRET)
+    hub = Hub(
+        ctx, endpoint, rec.on_message, on_ready=rec.on_ready, heartbeat_s=heartbeat_s, secret=SECRET
+    )
     try:
         yield hub, rec
     finally:
@@ -112,6 +114,35 @@ def test_a_ready_without_the_right_token_is_refused_and_told_nothing(tmp_path: P
                     await until(lambda: "vad" in hub.peers, 5, "the real vad")
                     await until(lambda: good.poll(0), 5, "the READY's ack")
                     assert isinstance(received(good)[0], Heartbeat)
+        finally:
+            ctx.term()
+
+    run(scenario())
+
+
+def test_a_stranger_refused_again_and_again_stays_within_its_budget(tmp_path: Path) -> None:
+    """A flood of bad READYs: each refusal must not buy the stranger a fresh budget."""
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    bad_ready = ready("transport", "transport", "0" * 64)
+    chatter = protocol.encode(ClientText(session="forged", text="x"))
+    sent = 20 * STRANGER_BUDGET
+
+    async def scenario() -> None:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            # one budget window for the whole flood: the interval is far longer than the test
+            async with hub_at(endpoint, ctx, heartbeat_s=600) as (hub, rec):
+                with dealer(ctx, endpoint, "flood") as sock:
+                    for i in range(sent):
+                        sock.send_multipart(chatter if i % 2 else bad_ready)
+                    await until(lambda: hub.counters["unknown_peer"] == sent, 10, "the flood")
+                    # Looked at: its first STRANGER_BUDGET messages, half of them READYs.
+                    assert hub.counters["refused"] == STRANGER_BUDGET // 2
+                    assert hub.counters["stranger_dropped"] == sent - STRANGER_BUDGET
+                    assert hub.peers == {} and rec.messages == []
+                    await until(lambda: sock.poll(0), 5, "the HELLO")
+                    await asyncio.sleep(0.05)
+                    assert [type(m) for m in received(sock)] == [Hello]  # once, not per READY
         finally:
             ctx.term()
 
