@@ -227,7 +227,7 @@ class Hub:
             return [(frames, "") for frames in recv_all(self._sock)]
         out: list[tuple[list[bytes], str]] = []
         try:
-            while len(out) < RECV_BATCH and has_input(self._sock):
+            while len(out) < RECV_BATCH:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 out.append(([p.bytes for p in parts], _user_id(parts[-1])))
         except zmq.Again:
