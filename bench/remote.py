@@ -27,7 +27,6 @@ import contextlib
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -44,7 +43,7 @@ from voxmesh.mesh import curve
 from voxmesh.supervisor.launch import MeshError, MeshProcess, WorkerProcess, free_port, wait_for
 
 from . import speech
-from .registry import BenchContext, Outcome, Skip, require_tool, scenario
+from .registry import BenchContext, Outcome, require_tool, scenario
 from .report import Figure, Row
 
 SHORT = "Hello there, how are you?"
@@ -115,16 +114,6 @@ class DelayRelay:
         self._thread.join(5)
 
 
-def _two_ports() -> int:
-    """A port p with p + 1 free too (control and data of one endpoint)."""
-    for _ in range(50):
-        port = free_port()
-        with contextlib.suppress(OSError), socket.socket() as s:
-            s.bind(("127.0.0.1", port + 1))
-            return port
-    raise Skip("no two consecutive free ports")
-
-
 @contextlib.contextmanager
 def _netns(tag: str) -> Iterator[tuple[str, str, str]]:
     """(namespace, host address, worker address): a veth pair with netem on both ends."""
@@ -170,7 +159,7 @@ def _remote_mesh(workdir: Path, host: str, env: dict[str, str]) -> tuple[MeshPro
     allowed.mkdir(parents=True)
     worker_public, worker_secret = curve.make_keys(keys / "worker", "worker")
     shutil.copy(worker_public, allowed / worker_public.name)
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     env = {
         "VOXMESH_TTS_DEVICES": "none",
         "VOXMESH_REMOTE_LISTEN": f"tcp://{host}:{port}",
@@ -290,7 +279,7 @@ def remote_scenario(ctx: BenchContext, out: Outcome) -> None:
             if why_no_netem:
 
                 def relay(port: int) -> str:
-                    front = _two_ports()
+                    front = free_port(2)
                     r = DelayRelay({front: port, front + 1: port + 1}, NETEM_MS / 1000)
                     stack.callback(r.close)
                     return f"tcp://127.0.0.1:{front}"

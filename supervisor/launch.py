@@ -51,10 +51,21 @@ class MeshError(RuntimeError):
     """The mesh did not get where it was asked to, in time; the message says where not."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(count: int = 1) -> int:
+    """A loopback tcp port nothing holds now, and the ``count - 1`` after it free too (a
+    remote.listen port: the bridge takes the next one by default, mesh/settings.py)."""
+    for _ in range(100):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                for k in range(1, count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port + k))
+            except OSError:  # taken (or past 65535): try another
+                continue
+            return port
+    raise OSError(f"no {count} free loopback ports in a row")
 
 
 def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, str] | None:

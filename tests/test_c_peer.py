@@ -240,7 +240,7 @@ def fake_mesh(tmp_path: Path) -> Iterator[tuple[FakeMesh, int, MeshKeys]]:
     keys = MeshKeys.make(tmp_path)
     public, secret = curve.read_pair(str(keys.server_secret))
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     socks = []
     try:
         for p in (port, port + 1):
@@ -463,7 +463,7 @@ def c_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CMesh]:
     """A session host with no TTS of its own, listening for remote actors on loopback."""
     tmp = tmp_path_factory.mktemp("c-mesh")
     keys = MeshKeys.make(tmp)
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     with mesh_up(tmp, config=remote_config(keys, port)) as mesh:
         yield CMesh(mesh, keys, port, tmp)
 

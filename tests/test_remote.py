@@ -46,7 +46,7 @@ def remote_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh
     """A session host and one allowed worker, ``w1``; yields (mesh, the worker's log)."""
     tmp = tmp_path_factory.mktemp("remote")
     keys = MeshKeys.make(tmp)
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     with (
         mesh_up(tmp, config=remote_config(keys, port)) as mesh,
         RemoteWorker(tmp, mesh, keys, keys.worker("w1"), "w1", port) as worker,
@@ -130,7 +130,7 @@ async def test_a_say_with_no_allowed_worker_is_refused_loudly(
 
 async def test_worker_killed_mid_reply_is_rerouted(tmp_path: Path) -> None:
     keys = MeshKeys.make(tmp_path)
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     config = remote_config(keys, port, mesh={"out_ring_frames": 64})  # 1.28 s of ring
     with (
         mesh_up(tmp_path, config=config) as mesh,

@@ -70,7 +70,7 @@ class Host:
         self.keys = MeshKeys.make(tmp_path)
         self.client = curve.client_keys(str(self.keys.worker("w1")), str(self.keys.server_public))
         self.segment = RingSegment.create(segment_name(os.getpid(), "mictest"), geometry)
-        port = free_port()
+        port = free_port(2)  # and the bridge's, the next one
         self.settings = RemoteSettings(
             listen=f"tcp://127.0.0.1:{port}",
             data=f"tcp://127.0.0.1:{free_port()}",
@@ -260,7 +260,7 @@ def readers_config(keys: MeshKeys, port: int, only: list[str]) -> dict[str, Any]
 @contextlib.contextmanager
 def reader_hosts(tmp_path: Path, only: list[str]) -> Iterator[tuple[MeshProc, list[RemoteWorker]]]:
     keys = MeshKeys.make(tmp_path)
-    port = free_port()
+    port = free_port(2)  # and the bridge's, the next one
     with (
         mesh_up(tmp_path, config=readers_config(keys, port, only)) as mesh,
         contextlib.ExitStack() as stack,
