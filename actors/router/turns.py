@@ -670,14 +670,14 @@ class TurnEngine:
     def on_playback_started(self, s: Session, msg: PlaybackStarted) -> None:
         if msg.epoch != s.epoch:
             return
-        reply = s.reply
-        if reply is not None and msg.utterance == reply.utterance and not reply.released:
+        reply = s.reply if s.reply is not None and msg.utterance == s.reply.utterance else None
+        if reply is not None and not reply.released:
             # Its first frames beat its HOLD to the transport (a fast TTS): the HOLD cuts them
             # and the transport says PLAYBACK_STARTED again when the RELEASE lets it play.
             return
         s.last_progress = self.clock.now()
-        if s.reply is not None and s.reply.turn is not None and msg.utterance == s.reply.utterance:
-            s.reply.turn.first_frame(msg.t)
+        if reply is not None and reply.turn is not None:
+            reply.turn.first_frame(msg.t)
         if s.state == State.THINKING:
             self._set_state(s, State.SPEAKING)
 
