@@ -89,6 +89,7 @@ class FakeLiveKit:
         first = pb.WorkerMessage()
         first.ParseFromString(await ws.receive_bytes())
         self.registrations.append(first.register)
+        self.received = {}  # what the worker says from now on is about this connection
         reply = pb.RegisterWorkerResponse(worker_id=f"AW_{len(self.registrations)}")
         await ws.send_bytes(pb.ServerMessage(register=reply).SerializeToString())
         self.ws = ws
@@ -150,7 +151,8 @@ def run_worker(slots: FakeSlots, body: Body, assignment_timeout_s: float = 0.5) 
             await asyncio.wait_for(body(fake, worker), 30)
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # bounded: a worker that swallows its cancellation fails here, not at pytest's 300 s
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
             await worker.aclose()
             await bridge.aclose()
             await runner.cleanup()
@@ -208,6 +210,32 @@ def test_lost_connection_frees_reservations_and_reconnects() -> None:
         assert slots.free == [0]
 
     run_worker(slots, body, assignment_timeout_s=60)
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_cancelled_as_a_status_goes_out_the_worker_stops(turns: int) -> None:
+    # A status queued just before the cancel: the sender's wait for its next message must not
+    # swallow the cancellation (3.11's wait_for returns a result that came in as it was
+    # cancelled), or run() never ends. `turns` loop iterations between the two cover the race.
+    slots = FakeSlots(total=2)
+
+    async def body(fake: FakeLiveKit, worker: DispatchWorker) -> None:
+        await fake.status(AVAILABLE, 0.0)
+        (run,) = [t for t in asyncio.all_tasks() if _runs(t, "DispatchWorker.run")]
+        slots.free.pop()
+        worker.slots_changed()  # load 0.5: queued for the sender
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        run.cancel()
+        done, _ = await asyncio.wait([run], timeout=2)
+        assert done, f"run() still going 2 s after its cancel ({turns} turns after a status)"
+
+    run_worker(slots, body)
+
+
+def _runs(task: asyncio.Task[Any], qualname: str) -> bool:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) == qualname
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:

@@ -29,7 +29,6 @@ older `livekit` rtc SDK): only its message types are used here, from `livekit-pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -174,7 +173,10 @@ class DispatchWorker:
             outbox: Outbox = asyncio.Queue()
             self._outbox, self._sent_status = outbox, None
             self.registered.set()
-            sender = asyncio.create_task(self._send_loop(ws, outbox))
+            helpers = [
+                asyncio.create_task(self._send_loop(ws, outbox)),
+                asyncio.create_task(self._status_loop()),
+            ]
             try:
                 self.slots_changed()  # the server takes a new worker for AVAILABLE, load 0
                 async for msg in ws:
@@ -185,9 +187,13 @@ class DispatchWorker:
             finally:
                 self._outbox = None
                 self.registered.clear()
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                for task in helpers:
+                    task.cancel()
+                # gather, not `suppress(CancelledError): await`: a cancel of ours that comes
+                # while we wait here must still end run()
+                for result in await asyncio.gather(*helpers, return_exceptions=True):
+                    if not isinstance(result, asyncio.CancelledError | None):
+                        log.warning("livekit dispatch: sending to the server failed: %r", result)
                 self._drop_pending()  # that connection's yeses will never be assigned
         if not self._closing:
             log.warning("livekit dispatch: the server closed the worker connection")
@@ -205,13 +211,19 @@ class DispatchWorker:
         return pb.WorkerMessage(register=req)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, outbox: Outbox) -> None:
-        """One writer, in order; the status again whenever nothing was sent for a while."""
+        """One writer, in order."""
+        # A plain get: 3.11's wait_for around it returns a message that came in as the task
+        # was cancelled and drops the cancel, and this loop would never end
+        # (tests/test_livekit_dispatch.py test_cancelled_as_a_status_goes_out_the_worker_stops).
         while True:
-            try:
-                msg = await asyncio.wait_for(outbox.get(), STATUS_INTERVAL_S)
-            except TimeoutError:
-                msg = self._status()
+            msg = await outbox.get()
             await ws.send_bytes(msg.SerializeToString())
+
+    async def _status_loop(self) -> None:
+        """The status again every STATUS_INTERVAL_S, changed or not (the server's liveness)."""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self._send(self._status())
 
     def _send(self, msg: pb.WorkerMessage) -> None:
         if self._outbox is not None:  # else the server forgot it all with the connection
