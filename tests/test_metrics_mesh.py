@@ -86,7 +86,8 @@ async def test_turns_show_in_metrics_and_in_the_log(mesh: MeshProc) -> None:
     assert sample(text, "voxmesh_transport_sessions_opened_total") == 1  # the transport's own
 
     voice = turn_line(mesh, session, "voice")
-    assert re.search(r" outcome=done v2v_ms=\d+\.\d asr_ms=\d+\.\d first_token_ms=\S+", voice)
+    timings = r" outcome=done v2v_ms=\d+\.\d eot_ms=\d+\.\d asr_ms=\d+\.\d first_token_ms=\S+"
+    assert re.search(timings, voice)
     assert 'reply="' in voice and "pauses=0 stops=0" in voice
     assert "outcome=done" in turn_line(mesh, session, "text")
     assert f"session open session={session} client=ws" in mesh.log_text()

@@ -854,6 +854,7 @@ async def test_a_spoken_turn_logs_one_info_line_with_its_timings(
         "source": "voice",
         "outcome": "done",
         "v2v_ms": 350.0,
+        "eot_ms": 100.0,  # released at speech_end, t0
         "asr_ms": 70.0,
         "first_token_ms": 0.0,  # the echo answers at once (and the clock stood still)
         "tts_ms": 250.0,  # SPEAK and release at t0 -> first frame
@@ -863,7 +864,7 @@ async def test_a_spoken_turn_logs_one_info_line_with_its_timings(
         "reply": "hello there",
     }
     text = line.getMessage()
-    assert "v2v_ms=350.0 asr_ms=70.0" in text and 'transcript="hello there"' in text
+    assert "v2v_ms=350.0 eot_ms=100.0 asr_ms=70.0" in text and 'transcript="hello there"' in text
     assert metric("voxmesh_turns_total", source="voice", outcome="done") == done + 1
     assert metric("voxmesh_voice_to_voice_seconds_count", source="voice") == v2v + 1
     engine.on_playback_ended(s, ended(s, utt, "done"))  # again: still one line

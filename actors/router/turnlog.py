@@ -100,6 +100,9 @@ class TurnRecord:
             "source": self.source,
             "outcome": outcome,
             "v2v_ms": _ms(self.started, first),
+            # The end of turn's share: end of speech -> the turn confirmed and its reply
+            # released (the silence waited, the turn model, a final transcript not yet in).
+            "eot_ms": _ms(self.started, released),
             "asr_ms": None if self.asr_s is None else round(self.asr_s * 1000, 1),
             "first_token_ms": _ms(self.asked_at, self.first_token_at),
             # The TTS's share of v2v: first SPEAK (or the release, if later) -> first frame.
