@@ -51,17 +51,17 @@ class MeshError(RuntimeError):
     """The mesh did not get where it was asked to, in time; the message says where not."""
 
 
-def free_port(count: int = 1) -> int:
-    """A loopback tcp port nothing holds now, and the ``count - 1`` after it free too (a
-    remote.listen port: the bridge takes the next one by default, mesh/settings.py)."""
+def free_port(count: int = 1, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port (tcp, or ``kind``) on ``host`` nothing holds now, and the ``count - 1`` after
+    it free too (a remote.listen port: the bridge takes the next one, mesh/settings.py)."""
     for _ in range(100):
         with contextlib.ExitStack() as held:
-            first = held.enter_context(socket.socket())
-            first.bind(("127.0.0.1", 0))
+            first = held.enter_context(socket.socket(socket.AF_INET, kind))
+            first.bind((host, 0))
             port = int(first.getsockname()[1])
             try:
                 for k in range(1, count):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", port + k))
+                    held.enter_context(socket.socket(socket.AF_INET, kind)).bind((host, port + k))
             except OSError:  # taken (or past 65535): try another
                 continue
             return port

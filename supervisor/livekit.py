@@ -31,6 +31,8 @@ from pathlib import Path
 
 from voxmesh.mesh.settings import Settings
 
+from .launch import free_port
+
 log = logging.getLogger("voxmesh.livekit")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +74,6 @@ def find_binary(binary: str | os.PathLike[str] | None = None) -> Path:
         f"livekit-server binary not found (looked at: {looked}); run `make livekit` "
         "(scripts/install-livekit.sh) to build it into ./bin, or set livekit.binary"
     )
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def host_ip() -> str:
@@ -175,7 +171,7 @@ class LiveKitServer:
         port, tcp_port, udp_port = self.ports
         port = port or free_port()
         tcp_port = tcp_port or free_port()
-        udp_port = udp_port or free_port(socket.SOCK_DGRAM, self.node_ip or "127.0.0.1")
+        udp_port = udp_port or free_port(kind=socket.SOCK_DGRAM, host=self.node_ip or "127.0.0.1")
         cmd = server_command(
             self.binary, port=port, tcp_port=tcp_port, udp_port=udp_port, node_ip=self.node_ip
         )

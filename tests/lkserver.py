@@ -14,13 +14,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from voxmesh.supervisor.launch import free_port
 from voxmesh.supervisor.livekit import (
     VERSION,
     LiveKitServer,
     LiveKitServerError,
     LiveKitServerInfo,
     find_binary,
-    free_port,
     host_ip,
 )
 
