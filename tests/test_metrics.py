@@ -53,7 +53,9 @@ def test_the_transport_counters_keep_their_names() -> None:
 
 def test_unsupervised_the_scrape_has_this_process_metrics() -> None:
     assert metrics.MULTIPROC_ENV not in os.environ  # the tests run unsupervised
-    before = sample(transport_text(TransportStats()), "voxmesh_turns_total", source="say")
+    before = sample(
+        transport_text(TransportStats()), "voxmesh_turns_total", source="say", outcome="done"
+    )
     metrics.TURNS.labels(source="say", outcome="done").inc()
     text = transport_text(TransportStats())
     assert sample(text, "voxmesh_turns_total", source="say", outcome="done") == (before or 0) + 1
