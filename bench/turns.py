@@ -18,11 +18,14 @@ import contextlib
 import functools
 import io
 import subprocess
+import time
 import wave
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from voxmesh.actors.router.turnlog import parse_turn_line
 from voxmesh.actors.router.words import FILLERS
 from voxmesh.client import MicStream, event_is, ws_session
 from voxmesh.speech.wer import normalize_text, word_errors
@@ -118,9 +121,11 @@ class Trial:
 
 async def _run(
     mesh: Mesh, items: list[tuple[str, str, np.ndarray]], offline: list[str]
-) -> list[Trial]:
+) -> tuple[str, list[Trial]]:
+    """(the session's id, a trial per clip)."""
     out: list[Trial] = []
     async with ws_session(mesh.ws_url) as c, MicStream(c, RATE) as mic:
+        session = c.session_id
         await asyncio.sleep(0.5)
         for (kind, text, audio), off in zip(items, offline, strict=True):
             mic.queue_silence(LEAD_S)
@@ -143,7 +148,52 @@ async def _run(
             await c.wait_quiet(0.3, 10.0)
             with contextlib.suppress(TimeoutError):
                 await c.next_event(event_is("state", state="listening"), 5.0, since=since)
-    return out
+    return session, out
+
+
+def router_turns(mesh: Mesh, session: str, trials: list[Trial]) -> list[dict[str, Any] | None]:
+    """Per trial, the router's turn line of the reply the client timed (the one to its last
+    final transcript; a premature reply cut by the rest of the turn has its own, earlier
+    line), None where there is none. The router logs a turn once it has ended: wait a
+    little (bounded) for the last."""
+    deadline = time.monotonic() + 3.0
+    while True:
+        lines = [parse_turn_line(line) for line in mesh.log_text().splitlines()]
+        turns = [t for t in lines if t is not None and t.get("session") == session]
+        found: list[dict[str, Any] | None] = []
+        for trial in trials:
+            want = trial.finals[-1] if trial.finals else None
+            at = next((k for k, t in enumerate(turns) if t.get("transcript") == want), None)
+            found.append(None if at is None else turns[at])
+            turns = turns if at is None else turns[at + 1 :]
+        if found[-1:] != [None] or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def _median_p95(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{np.median(values):.0f} / {np.percentile(values, 95):.0f}"
+
+
+def router_note(mode: str, trials: list[Trial], turns: list[dict[str, Any] | None]) -> str:
+    """Where each set's time went, from the router's turn lines (README, "Logs")."""
+    parts = []
+    for kind in ("complete", "paused", "short"):
+        rows = [
+            t
+            for trial, t in zip(trials, turns, strict=True)
+            if trial.kind == kind and t is not None and not trial.premature
+        ]
+        eot = [t["eot_ms"] for t in rows if t.get("eot_ms") is not None]
+        tts = [t["tts_ms"] for t in rows if t.get("tts_ms") is not None]
+        ready = sum(v < 5.0 for v in tts)
+        parts.append(
+            f"{kind}: eot_ms {_median_p95(eot)}, tts_ms {_median_p95(tts)}, "
+            f"reply ready at release {ready} of {len(tts)}"
+        )
+    return f"{mode}, the router's turn lines (median / p95): " + "; ".join(parts)
 
 
 def _wer_pct(pairs: list[tuple[str, str]]) -> float:
@@ -163,9 +213,11 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
     offline = [asr.transcribe(as_sent(audio)) for _, _, audio in items]
     results = {}
     cost = "not measured"
+    where = []
     for mode in MODES:
         mesh = pool(ctx).get("piper", env={"VOXMESH_VAD_TURN_MODEL": mode})
-        results[mode] = asyncio.run(_run(mesh, items, offline))
+        session, results[mode] = asyncio.run(_run(mesh, items, offline))
+        where.append(router_note(mode, results[mode], router_turns(mesh, session, results[mode])))
         if mode == "smart-turn":
             info = mesh.actor_info().get("vad", {})
             cost = f"{info.get('turn_check_ms', 0):.0f} ms mean over {info.get('turn_checks', 0)}"
@@ -215,3 +267,4 @@ def turns_scenario(ctx: BenchContext, out: Outcome) -> None:
     wer = _wer_pct([(text, heard) for (_, text, _), heard in zip(items, offline, strict=True)])
     fig.notes.append(f"offline tiny.en on the same clips: WER {wer:.1f} %")
     fig.notes.append(f"Smart Turn cost per check, in the VAD actor: {cost}")
+    fig.notes += where

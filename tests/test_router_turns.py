@@ -16,6 +16,7 @@ import pytest
 from fakeclock import FakeClock
 from prometheus_client import REGISTRY
 
+from voxmesh.actors.router import turnlog
 from voxmesh.actors.router.responder import EchoResponder
 from voxmesh.actors.router.session import Session, State
 from voxmesh.actors.router.turns import TurnConfig, TurnEngine
@@ -865,10 +866,22 @@ async def test_a_spoken_turn_logs_one_info_line_with_its_timings(
     }
     text = line.getMessage()
     assert "v2v_ms=350.0 eot_ms=100.0 asr_ms=70.0" in text and 'transcript="hello there"' in text
+    # what reads a mesh's log (bench/turns.py) gets the same fields back
+    parsed = turnlog.parse_turn_line(f"router[1] INFO voxmesh.router.turns: {text}")
+    assert parsed is not None and {**parsed, "event": "turn"} == fields
     assert metric("voxmesh_turns_total", source="voice", outcome="done") == done + 1
     assert metric("voxmesh_voice_to_voice_seconds_count", source="voice") == v2v + 1
     engine.on_playback_ended(s, ended(s, utt, "done"))  # again: still one line
     assert len(turn_lines(caplog)) == 1
+
+
+def test_a_turn_line_parses_back_whatever_its_text_holds() -> None:
+    record = turnlog.TurnRecord("s1", "voice", 'he said "x=1" \\ ok…', started=None)
+    fields = record.fields("interrupted", "Yes.")
+    line = turnlog.turn_line(fields)
+    assert turnlog.parse_turn_line("2026-12-06 router[7] INFO x: " + line) == fields
+    assert fields["v2v_ms"] is None and fields["reply"] == "Yes."  # unknown, and unquoted
+    assert turnlog.parse_turn_line("session close session=s1 reason=bye") is None
 
 
 async def test_a_barge_in_counts_a_pause_and_a_stop_on_its_turn(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from voxmesh.mesh import metrics
 log = logging.getLogger("voxmesh.router.turns")
 
 TEXT_MAX = 80  # characters of the transcript and of the reply a log line keeps
+TEXT_FIELDS = frozenset({"session", "source", "outcome", "transcript", "reply"})
+_TURN_LINE = re.compile(r"\bturn (session=.*)$")
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
 @dataclass
@@ -89,8 +93,7 @@ class TurnRecord:
         self.finished = True
         metrics.TURNS.labels(source=self.source, outcome=outcome).inc()
         fields = self.fields(outcome, reply_text)
-        text = " ".join(f"{k}={_value(v)}" for k, v in fields.items())
-        log.info("turn %s", text, extra={"fields": {"event": "turn", **fields}})
+        log.info("%s", turn_line(fields), extra={"fields": {"event": "turn", **fields}})
 
     def fields(self, outcome: str, reply_text: str) -> dict[str, Any]:
         first, spoke, released = self.first_frame_at, self.speak_at, self.released_at
@@ -151,6 +154,33 @@ def session_closed(session: str, reason: str, seconds: float, replies: int) -> N
         replies,
         extra={"fields": {"event": "session_close", **fields, "replies": replies}},
     )
+
+
+def turn_line(fields: dict[str, Any]) -> str:
+    """The text of a turn's log line: ``turn key=value ...``, logfmt-like."""
+    return "turn " + " ".join(f"{k}={_value(v)}" for k, v in fields.items())
+
+
+def parse_turn_line(line: str) -> dict[str, Any] | None:
+    """The fields of a ``turn_line`` in a log of the text format (None
+    for any other line), for what reads a mesh's log (bench/turns.py): times as floats,
+    ``-`` as None."""
+    found = _TURN_LINE.search(line)
+    if found is None:
+        return None
+    fields: dict[str, Any] = {}
+    for key, raw in _FIELD.findall(found.group(1)):
+        text = json.loads(raw) if raw.startswith('"') else raw
+        if raw == "-":
+            fields[key] = None
+        elif key in TEXT_FIELDS:
+            fields[key] = text
+        else:
+            try:
+                fields[key] = float(text)
+            except ValueError:  # a field this reader does not know yet
+                fields[key] = text
+    return fields
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
