@@ -114,7 +114,13 @@ class AsrActor(Actor):
             self.segment.close()
 
     def info(self) -> dict[str, Any]:
-        return {"sessions": len(self.sessions), "queued": len(self.pending), "busy": self.busy}
+        return {
+            "sessions": len(self.sessions),
+            "queued": len(self.pending),
+            "busy": self.busy,
+            # finals answered from memory: the turn was transcribed ahead (vad.quiet_ms)
+            "remembered": self.asr.remembered if self.asr is not None else 0,
+        }
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, AsrRequest):
@@ -196,6 +202,14 @@ class AsrActor(Actor):
                 text = ""
             finally:
                 self.busy = False
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            remembered = bool(getattr(self.asr.last_timing, "remembered", False))
+            kind = "final" if req.final else "partial"
+            log.debug(
+                "%s: %s %s [%d, %d) in %.0f ms%s",
+                *(self.name, req.session, kind, req.start, req.end, elapsed_ms),
+                " (remembered)" if remembered else "",
+            )
             self.send(
                 Transcript(
                     session=req.session,
@@ -203,7 +217,7 @@ class AsrActor(Actor):
                     text=text.strip(),
                     final=req.final,
                     end=req.end,
-                    elapsed_ms=(time.perf_counter() - t0) * 1000,
+                    elapsed_ms=elapsed_ms,
                     no_speech=no_speech,
                 )
             )

@@ -99,7 +99,7 @@ class VadActor(Actor):
             )
             if not mic.stale:
                 seg = segmenter(self.settings, turn_model=self.turn is not None)
-                stream = StreamingVad(self.vad, seg)
+                stream = StreamingVad(self.vad, seg, quiet_ms=self.settings.quiet_ms)
                 self.sessions[msg.session] = (mic, stream)
                 self.idle.opened()
         elif isinstance(msg, SessionClose):

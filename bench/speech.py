@@ -78,7 +78,10 @@ def whisper() -> WhisperAsr:
     from voxmesh.speech.asr import WhisperAsr
 
     cfg = mesh_config().asr
-    asr = WhisperAsr(cfg.model or None, cpu_threads=cfg.threads, pad_s=cfg.window_pad_s)
+    # memo_size 0: the benches time the model on clips they repeat
+    asr = WhisperAsr(
+        cfg.model or None, cpu_threads=cfg.threads, pad_s=cfg.window_pad_s, memo_size=0
+    )
     asr.warmup()
     return asr
 

@@ -187,11 +187,12 @@ def router_note(mode: str, trials: list[Trial], turns: list[dict[str, Any] | Non
             if trial.kind == kind and t is not None and not trial.premature
         ]
         eot = [t["eot_ms"] for t in rows if t.get("eot_ms") is not None]
+        asr = [t["asr_ms"] for t in rows if t.get("asr_ms") is not None]
         tts = [t["tts_ms"] for t in rows if t.get("tts_ms") is not None]
         ready = sum(v < 5.0 for v in tts)
         parts.append(
-            f"{kind}: eot_ms {_median_p95(eot)}, tts_ms {_median_p95(tts)}, "
-            f"reply ready at release {ready} of {len(tts)}"
+            f"{kind}: eot_ms {_median_p95(eot)}, asr_ms {_median_p95(asr)}, tts_ms "
+            f"{_median_p95(tts)}, reply ready at release {ready} of {len(tts)}"
         )
     return f"{mode}, the router's turn lines (median / p95): " + "; ".join(parts)
 

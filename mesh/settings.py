@@ -158,6 +158,12 @@ class VadSettings:
         low=0,
     )
     speech_pad_ms: int = setting(30, "audio kept either side of detected speech", low=0)
+    quiet_ms: int = setting(
+        40,
+        "speech this long under 2 % of its peak asks ASR for the turn so far, ahead of "
+        "Silero's pause (speech_quiet; the pause's final is then answered from memory); 0: off",
+        low=0,
+    )
     pre_roll_ms: int = setting(
         300,
         "audio before the onset ASR hears (Silero fires ~110 ms late; ASR trims it to 100 ms)",

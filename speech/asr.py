@@ -12,8 +12,10 @@ its encoder cost.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,9 @@ MIN_AUDIO_S = 0.1  # shorter than this cannot hold a word; skip the model
 ANCHOR_LEAD_S = 0.1
 ANCHOR_TAIL_S = 0.0
 ANCHOR_REL = 0.02
+# Transcripts remembered by their anchored window: a pause's final is often asked for audio
+# already transcribed ahead of it (vad.quiet_ms), and the same window gives the same text.
+MEMO_SIZE = 8
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class AsrTiming:
     features_ms: float = 0.0
     encode_ms: float = 0.0
     decode_ms: float = 0.0
+    remembered: bool = False  # the same window was transcribed before: no model run
 
     @property
     def total_ms(self) -> float:
@@ -66,6 +72,7 @@ class WhisperAsr:
         full_window: bool = False,
         no_speech_threshold: float = 0.6,
         no_speech_alone: float = 0.8,
+        memo_size: int = MEMO_SIZE,
     ) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -94,6 +101,9 @@ class WhisperAsr:
         self.last_timing = AsrTiming()
         self.last_no_speech = 0.0  # of the last transcribe(): its least speech-like window
         self._lock = threading.Lock()
+        self._memo: OrderedDict[tuple[bytes, bool], tuple[str, float]] = OrderedDict()
+        self.memo_size = memo_size  # 0: every call runs the model (benches that time it)
+        self.remembered = 0  # transcribe() calls answered from the memo
 
     def warmup(self) -> None:
         """First calls allocate buffers; pay that before the first user turn."""
@@ -101,14 +111,35 @@ class WhisperAsr:
         self.transcribe(rng.normal(0, 0.01, SAMPLE_RATE).astype(np.float32))
 
     def transcribe(self, audio: np.ndarray, *, full_window: bool | None = None) -> str:
-        """Text of 16 kHz mono audio (float32 in [-1, 1], or int16). "" when there is none."""
+        """Text of 16 kHz mono audio (float32 in [-1, 1], or int16). "" when there is none.
+
+        A function of the anchored audio alone, so a window seen lately is answered from
+        memory (``last_timing.remembered``)."""
         x = anchored(_to_float(audio))
+        full = self.full_window if full_window is None else full_window
+        key = (hashlib.blake2b(x.tobytes(), digest_size=16).digest(), full)
+        with self._lock:
+            known = self._memo.get(key)
+            if known is not None:
+                self._memo.move_to_end(key)
+                self.remembered += 1
+        if known is not None:
+            self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE, remembered=True)
+            text, self.last_no_speech = known
+            return text
+        text = self._transcribe(x, full)
+        with self._lock:
+            self._memo[key] = (text, self.last_no_speech)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return text
+
+    def _transcribe(self, x: np.ndarray, full: bool) -> str:
         self.last_no_speech = 1.0  # raised by each window decoded, below
         if x.size < MIN_AUDIO_S * SAMPLE_RATE:
             self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE)
             return ""
         self.last_no_speech = 0.0
-        full = self.full_window if full_window is None else full_window
         # Past 30 s, take Whisper-sized pieces; a voice turn rarely gets here.
         piece = int((30.0 - (0.0 if full else min(self.pad_s, 29.0))) * SAMPLE_RATE)
         texts: list[str] = []

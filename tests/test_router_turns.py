@@ -193,6 +193,23 @@ async def test_speech_resuming_cancels_the_speculative_reply() -> None:
     assert (out.asr[-1].start, out.asr[-1].end) == (0, 30000)
 
 
+async def test_a_turn_gone_quiet_is_transcribed_ahead_and_its_answer_decides_nothing() -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_quiet", 1000 + 3000))  # under MIN_ASR_S of audio: not yet
+    assert out.asr == []
+    engine.on_vad(s, vad("speech_quiet", 19200))
+    assert [(r.start, r.end, r.final) for r in out.asr] == [(1000, 19200, True)]
+    asr_answers(engine, out, s, "hello there")
+    # an answer about no pause: no words to the VAD, no reply, nothing shown
+    assert out.vad == [] and out.tts == [] and finals(out) == []
+    assert s.state == State.USER_SPEAKING
+    engine.on_vad(s, vad("speech_pause", 20000))  # the pause's own final is still asked
+    assert (out.asr[-1].start, out.asr[-1].end, out.asr[-1].final) == (1000, 20000, True)
+    engine.on_vad(s, vad("speech_quiet", 20320))  # once paused, the final is on its way
+    assert len(out.asr) == 2
+
+
 async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:
     engine, out, s = make(interrupt_ms=30)
     await speak_turn(engine, out, s, "a long answer")

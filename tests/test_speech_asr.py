@@ -117,3 +117,44 @@ def test_the_same_speech_gives_the_same_words_wherever_the_vad_grid_falls(
         heard.add(asr.transcribe(_window_the_mesh_asks_for(vad, audio)))
     assert len(heard) == 1, heard
     assert word_error_rate(text, heard.pop()) <= 0.25
+
+
+def _frames_to_the_pause(vad: SileroVad, audio: np.ndarray) -> tuple[int, int, int, int]:
+    """VAD over 20 ms frames with the mesh's settings: (speech_start, the last speech_quiet
+    before the pause, the pause's sample, the frame end at which the pause came)."""
+    cfg = VadSettings()
+    stream = StreamingVad(vad, segmenter(cfg, turn_model=True), quiet_ms=cfg.quiet_ms)
+    start = quiet = None
+    for at in range(0, audio.size, 320):
+        for ev in stream.push(audio[at : at + 320], at):
+            if ev.kind == "speech_start" and start is None:
+                start = ev.sample
+            elif ev.kind == "speech_quiet":
+                quiet = ev.sample
+            elif ev.kind == "speech_pause" and quiet is not None:
+                assert start is not None
+                return start, quiet, ev.sample, at + 320
+    raise AssertionError("no speech_quiet before a pause")
+
+
+@pytest.mark.parametrize("text", SENTENCES)
+def test_a_turn_transcribed_where_it_went_quiet_answers_its_pause_from_memory(text: str) -> None:
+    asr = WhisperAsr(cpu_threads=1)
+    speech, _ = piper_wav(text)
+    audio = pad_silence(speech, 0.3, 1.0)
+    start, quiet, pause, decided = _frames_to_the_pause(SileroVad(), audio)
+    assert quiet < decided  # the cue came before Silero's pause
+    ahead = asr.transcribe(audio[start:quiet])
+    assert not asr.last_timing.remembered and word_error_rate(text, ahead) <= 0.2, ahead
+    assert asr.transcribe(audio[start:pause]) == ahead
+    assert asr.last_timing.remembered and asr.remembered == 1
+    # other audio (the turn cut inside its last word) is transcribed, not remembered
+    asr.transcribe(audio[start : quiet - 4000])
+    assert not asr.last_timing.remembered
+
+
+def test_without_a_memo_every_call_runs_the_model() -> None:
+    asr = WhisperAsr(cpu_threads=1, memo_size=0)
+    speech, _ = piper_wav(SENTENCES[0])
+    assert asr.transcribe(speech) == asr.transcribe(speech)
+    assert not asr.last_timing.remembered and asr.last_timing.decode_ms > 0

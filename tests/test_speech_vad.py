@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from speechgen import pad_silence, piper_wav, speech_bounds
 
-from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad, VadEvent
+from voxmesh.speech.vad import (
+    CHUNK,
+    QuietCue,
+    SileroVad,
+    SpeechSegmenter,
+    StreamingVad,
+    VadEvent,
+)
 
 RATE = 16000
 FRAME = 320  # 20 ms, what the VAD actor reads from the mic ring
@@ -86,6 +93,40 @@ def test_flush_closes_open_segment() -> None:
         VadEvent("speech_end", 5 * CHUNK),
     ]
     assert not s.in_speech and s.flush(6 * CHUNK) == []
+
+
+# --- quiet cue: pure logic over made-up audio --------------------------------------------
+
+
+def cues(cue: QuietCue, levels: list[int]) -> list[int]:
+    """Where the cue fires, over 20 ms frames of a constant level each (int16)."""
+    out = []
+    for i, level in enumerate(levels):
+        at = cue.push(np.full(FRAME, level, np.int16), i * FRAME)
+        if at is not None:
+            out.append(at)
+    return out
+
+
+def test_quiet_after_speech_cues_once_when_the_quiet_is_long_enough() -> None:
+    # 40 ms wanted: two quiet 20 ms frames make it, and the cue comes at the second's end
+    assert cues(QuietCue(640), [10000] * 5 + [0] * 10) == [7 * FRAME]
+
+
+def test_a_closure_shorter_than_the_quiet_is_not_a_cue_and_speech_again_rearms_it() -> None:
+    levels = [10000] * 5 + [0] + [10000] * 5 + [0] * 4 + [-9000] * 2 + [0] * 4
+    assert cues(QuietCue(640), levels) == [13 * FRAME, 19 * FRAME]
+
+
+def test_quiet_is_relative_to_the_loudest_so_far() -> None:
+    # the ASR's anchoring: 2 % of the peak (speech/asr.py ANCHOR_REL)
+    assert cues(QuietCue(640), [10000] * 5 + [300] * 5) == []
+    assert cues(QuietCue(640), [10000] * 5 + [150] * 5) == [7 * FRAME]
+
+
+def test_no_cue_when_off_or_before_any_sound() -> None:
+    assert cues(QuietCue(0), [10000] * 5 + [0] * 10) == []
+    assert cues(QuietCue(640), [0] * 10) == []
 
 
 # --- the model on real audio ------------------------------------------------------------

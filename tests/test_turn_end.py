@@ -8,7 +8,9 @@ a microphone would.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from meshproc import MeshProc, mesh_up
 from speechgen import piper_wav, speech_bounds
 
+from voxmesh.actors.router.turnlog import parse_turn_line
 from voxmesh.client import MicStream, WsClient
 from voxmesh.speech.wer import word_error_rate
 
@@ -28,6 +31,7 @@ TURN_S = 20.0  # generous deadline for one turn on a busy 2-core box
 # the complete sentences sound finished (p > 0.9; "No thanks." does not, at 0.27-0.79).
 FIRST, SECOND = "So I was thinking that maybe we could", "go to the station tomorrow."
 COMPLETE = ["What time is it?", "Sure.", "Please send me the report by Friday."]
+SENTENCES_MORE = ["How far is the train station from here?", "My brother plays the guitar."]
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +133,44 @@ async def test_a_complete_sentence_is_answered_sooner_than_with_fixed_silence(
     assert smart["speech_end_s"] < off["speech_end_s"] - 0.05, (smart, off)
     # ...and so does the reply (the speculative ASR ran in the same silence; generous).
     assert smart["audio_start_s"] < off["audio_start_s"], (smart, off)
+
+
+def voice_turn_lines(mesh: MeshProc) -> list[dict[str, Any]]:
+    """The router's turn lines of spoken turns in the mesh's log (README, "Logs")."""
+    lines = [parse_turn_line(line) for line in mesh.log_text().splitlines()]
+    return [t for t in lines if t is not None and t.get("source") == "voice"]
+
+
+async def nth_voice_turn_line(mesh: MeshProc, n: int, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The ``n``-th (0-based) turn line: it reaches the log file through the supervisor a
+    moment after the client's events, so wait for it (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while len(lines := voice_turn_lines(mesh)) <= n:
+        assert time.monotonic() < deadline, f"no turn line {n} in the log"
+        await asyncio.sleep(0.05)
+    return lines[n]
+
+
+async def test_a_sentence_gone_quiet_is_transcribed_before_its_pause(smart_mesh: MeshProc) -> None:
+    # vad.quiet_ms: the ASR ran on the turn where its audio went quiet, before Silero's
+    # pause, so the pause's final came from memory: ~0 ms of ASR in the router's turn line.
+    # A turn whose cue and pause reach the ASR at once is transcribed only once, for its
+    # pause: up to 3 tries (bounded, other words each: the same audio again would be
+    # remembered anyway), one must have been remembered.
+    texts = ["Please send me the report by Friday.", *SENTENCES_MORE]
+    before = len(voice_turn_lines(smart_mesh))
+    asr_ms: list[float] = []
+    async with (
+        await WsClient.connect(smart_mesh.ws_url, sample_rate=RATE) as client,
+        MicStream(client, RATE) as mic,
+    ):
+        mic.queue_silence(0.3)
+        for k, text in enumerate(texts):
+            got = await turn(client, mic, voiced(text))
+            assert word_error_rate(text, " ".join(finals(client, got["since"]))) <= 0.2
+            line = await nth_voice_turn_line(smart_mesh, before + k)
+            asr_ms.append(float(line["asr_ms"]))
+            print(f"{text!r}: asr_ms {asr_ms[-1]}")
+            if asr_ms[-1] < 5.0:
+                break
+    assert min(asr_ms) < 5.0, asr_ms

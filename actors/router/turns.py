@@ -89,6 +89,10 @@ ASR_LOST_S = 2.0
 # word of "Stop, wait a moment." recognised in 4 of 6 windows from the onset, 6 of 6 with 200 ms).
 BARGE_IN_ASR_LEAD = MIC_RATE * 200 // 1000
 
+# Audio this short is not transcribed before its pause (partials, ``speech_quiet``): too
+# little to be worth a Whisper run.
+MIN_ASR_S = 0.3
+
 
 @dataclass(frozen=True)
 class TurnConfig:
@@ -210,6 +214,7 @@ class TurnEngine:
             "speech_pause": self._speech_pause,
             "speech_resume": self._speech_resume,
             "speech_end": self._speech_end,
+            "speech_quiet": self._speech_quiet,
         }.get(ev.kind)
         if handler is not None:
             handler(s, ev)
@@ -256,6 +261,18 @@ class TurnEngine:
             # vad.max_silence_ms away (an unfinished verdict), and a cough must not hold the
             # reply that long.
             self._burst_silent(s, ev.sample)
+
+    def _speech_quiet(self, s: Session, ev: VadEvent) -> None:
+        """The user's audio went quiet ahead of Silero's pause: ask for the turn so far now.
+        The ASR remembers it, so the pause's final, if nothing loud came since, is answered
+        at once (speech/asr.py); its own answer is kept like any other final, by its end."""
+        if s.state != State.USER_SPEAKING or s.pending_end is not None:
+            return
+        if ev.sample - s.turn_start < MIC_RATE * MIN_ASR_S:
+            return
+        self._ask_asr(
+            AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=ev.sample, final=True)
+        )
 
     def _burst_silent(self, s: Session, sample: int) -> None:
         """A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
@@ -470,7 +487,7 @@ class TurnEngine:
             return  # the speculative final for this pause is on its way: a partial only delays it
         start = s.onset_sample if s.state == State.PAUSED else s.turn_start
         head = self.out.mic_head(s)
-        if head - start >= MIC_RATE * 0.3:
+        if head - start >= MIC_RATE * MIN_ASR_S:
             if s.state == State.PAUSED:
                 start = self._barge_in_start(s)
             self._request_partial(s, start, head, now)
