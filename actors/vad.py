@@ -127,6 +127,7 @@ class VadActor(Actor):
 
     def _send(self, sid: str, events: list[Any]) -> None:
         for ev in events:
+            log.debug("%s: %s %s at %d", self.name, sid, ev.kind, ev.sample)
             self.send(VadEvent(session=sid, kind=ev.kind, sample=ev.sample, t=time.monotonic()))
 
     async def _check(
