@@ -282,7 +282,8 @@ class QuietCue:
     (speech/asr.py ``anchored``), so a transcript asked at this cue is the pause's final
     whenever nothing loud came in between, and the ASR answers that one from memory.
     Offline on those 20 clips (40 ms, -70 dBFS noise) it came 40 ms (median) before the
-    pause, and 1.2 times per clip inside speech (stop closures) for nothing.
+    pause; stop closures inside words go quiet too, so the ASR ran 2.6 times a turn in
+    the bench against 2.0 without it (docs/turn-taking.md).
     """
 
     def __init__(self, quiet: int) -> None:
