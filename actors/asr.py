@@ -118,7 +118,8 @@ class AsrActor(Actor):
             "sessions": len(self.sessions),
             "queued": len(self.pending),
             "busy": self.busy,
-            # finals answered from memory: the turn was transcribed ahead (vad.quiet_ms)
+            # windows it remembers: the router asks it ahead of a pause (vad.quiet_ms)
+            "remembers": self.asr.memo_size if self.asr is not None else 0,
             "remembered": self.asr.remembered if self.asr is not None else 0,
         }
 

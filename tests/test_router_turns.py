@@ -52,6 +52,7 @@ class Recorder:
         self.tts_up = asyncio.Event()
         self.tts_up.set()
         self.tts_process = 1  # a TTS actor that dies comes back as a new process
+        self.remembering_asr = True  # ours; a minimal remote ASR is not
 
     def to_transport(self, msg: Message) -> None:
         self.transport.append(msg)
@@ -80,6 +81,9 @@ class Recorder:
     def to_asr(self, msg: Message) -> None:
         assert isinstance(msg, AsrRequest)
         self.asr.append(msg)
+
+    def asr_remembers(self, session: Session) -> bool:
+        return self.remembering_asr
 
     def to_vad(self, session: Session, msg: Message) -> None:
         self.vad.append(msg)
@@ -208,6 +212,16 @@ async def test_a_turn_gone_quiet_is_transcribed_ahead_and_its_answer_decides_not
     assert (out.asr[-1].start, out.asr[-1].end, out.asr[-1].final) == (1000, 20000, True)
     engine.on_vad(s, vad("speech_quiet", 20320))  # once paused, the final is on its way
     assert len(out.asr) == 2
+
+
+async def test_an_asr_that_does_not_remember_is_asked_only_at_the_pause() -> None:
+    engine, out, s = make()
+    out.remembering_asr = False  # asked ahead, it would transcribe the pause's window again
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_quiet", 19200))
+    assert out.asr == []
+    engine.on_vad(s, vad("speech_pause", 20000))
+    assert [(r.start, r.end, r.final) for r in out.asr] == [(1000, 20000, True)]
 
 
 async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:

@@ -211,6 +211,11 @@ class RouterActor(Actor):
         if s is not None:
             self._owe_final(s)
 
+    def asr_remembers(self, session: Session) -> bool:
+        assert self.hub is not None
+        peer = self.hub.peers.get(self.readers.get((session.id, "asr"), ""))
+        return peer is not None and int(peer.info.get("remembers", 0) or 0) > 0
+
     def to_vad(self, session: Session, msg: Message) -> None:
         # Only to the VAD reading the session now: a hint for a pause is moot to another.
         vad = self.readers.get((session.id, "vad"))
