@@ -46,7 +46,8 @@ VOICE_TO_VOICE = Histogram(
 )
 ASR = Histogram(
     "voxmesh_asr_seconds",
-    "ASR time of one transcript (as the ASR actor measured it), final or partial.",
+    "ASR time of one transcript (as the ASR actor measured it), final or partial; ~0 for a "
+    "final it remembered (the turn was transcribed ahead of its pause, vad.quiet_ms).",
     ["kind"],
     buckets=LATENCY_BUCKETS,
 )
