@@ -193,10 +193,12 @@ class AsrActor(Actor):
             t0 = time.perf_counter()
             self.busy = True
             no_speech = 0.0
+            remembered = False
             try:
                 text = await asyncio.to_thread(self.asr.transcribe, audio)
-                # One request at a time, so this is the call's (an ASR without it: unknown).
+                # One request at a time, so these are the call's (an ASR without it: unknown).
                 no_speech = float(getattr(self.asr, "last_no_speech", 0.0))
+                remembered = self.asr.last_timing.remembered
             except Exception:  # a model failure must not kill the actor
                 log.exception("%s: transcription failed", self.name)
                 self.counters.bump("asr_errors")
@@ -204,7 +206,6 @@ class AsrActor(Actor):
             finally:
                 self.busy = False
             elapsed_ms = (time.perf_counter() - t0) * 1000
-            remembered = bool(getattr(self.asr.last_timing, "remembered", False))
             kind = "final" if req.final else "partial"
             log.debug(
                 "%s: %s %s [%d, %d) in %.0f ms%s",

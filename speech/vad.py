@@ -372,12 +372,12 @@ class StreamingVad:
 
     def _quiet(self, pcm: np.ndarray, start: int) -> list[VadEvent]:
         """``speech_quiet`` while in speech (not yet paused): the audio went quiet here."""
+        if self.cue.quiet <= 0:
+            return []
         if self.segmenter.state == "silence":
             self.cue.reset()  # the next turn's peak is its own
             return []
-        if pcm.dtype != np.int16:
-            pcm = np.rint(np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
-        at = self.cue.push(pcm, start)
+        at = self.cue.push(_int16(pcm), start)
         if at is None or self.segmenter.state != "speech":
             return []
         return [VadEvent("speech_quiet", at)]
@@ -390,9 +390,7 @@ class StreamingVad:
         size = self._history.size
         if size == 0 or pcm.size == 0:
             return
-        tail = pcm[-size:]
-        if tail.dtype != np.int16:
-            tail = np.rint(np.clip(tail, -1.0, 1.0) * 32767.0).astype(np.int16)
+        tail = _int16(pcm[-size:])
         first = start + pcm.size - tail.size
         self._history[np.arange(first, first + tail.size) % size] = tail
 
@@ -417,3 +415,11 @@ class StreamingVad:
         self.cue.reset()
         self._fill = 0
         self._next = None
+
+
+def _int16(pcm: np.ndarray) -> np.ndarray:
+    """``pcm`` as int16 (float32 in [-1, 1] is scaled; int16 is returned as it is)."""
+    if pcm.dtype == np.int16:
+        return pcm
+    out: np.ndarray = np.rint(np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return out

@@ -178,9 +178,11 @@ class TurnEngine:
         self.out.to_tts(s, Stop(session=s.id, epoch=s.epoch, reason=reason))
         self.out.to_transport(Stop(session=s.id, epoch=s.epoch, reason=reason))
 
-    def _request_asr(self, s: Session, end: int, final: bool) -> None:
+    def _request_asr(self, s: Session, end: int, final: bool, *, ahead: bool = False) -> None:
+        """The turn so far, up to ``end``. A final is owed to the turn (asked again if the
+        ASR restarts) unless it is asked ``ahead`` of the pause (``speech_quiet``)."""
         req = AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=end, final=final)
-        if final:
+        if final and not ahead:
             s.final_request = req  # asked again if the ASR actor restarts before it answers
         self._ask_asr(req)
 
@@ -277,9 +279,7 @@ class TurnEngine:
             return
         if not self.out.asr_remembers(s):
             return  # it would transcribe the pause's window again, after this one
-        self._ask_asr(
-            AsrRequest(session=s.id, turn=s.turn, start=s.turn_start, end=ev.sample, final=True)
-        )
+        self._request_asr(s, ev.sample, final=True, ahead=True)
 
     def _burst_silent(self, s: Session, sample: int) -> None:
         """A cough, an "mm-hmm": carry on where the user left off, but only once ASR has
