@@ -313,6 +313,13 @@ class QuietCue:
         self._told = self._last_loud
         return end
 
+    def wanted(self, next_sample: int) -> int | None:
+        """Samples from ``next_sample`` until the cue can come if nothing loud comes first,
+        or None when no cue is armed (nothing loud yet, or this quiet already told)."""
+        if self.quiet <= 0 or self._last_loud is None or self._told == self._last_loud:
+            return None
+        return max(1, self._last_loud + self.quiet + 1 - next_sample)
+
 
 class StreamingVad:
     """Arbitrary-length int16 16 kHz PCM in (e.g. 20 ms frames), VAD events out.
@@ -337,8 +344,14 @@ class StreamingVad:
 
     @property
     def wanted(self) -> int:
-        """Samples still missing before the next chunk is judged (no event comes sooner)."""
-        return CHUNK - self._fill
+        """Samples still missing before an event can come: the next chunk's judgement, or in
+        speech the sample where the quiet cue fires if the audio stays quiet (a 32 ms chunk
+        cadence alone delayed the cue by up to a chunk; docs/turn-taking.md)."""
+        chunk = CHUNK - self._fill
+        if self.segmenter.state != "speech" or self._next is None:
+            return chunk
+        cue = self.cue.wanted(self._next)
+        return chunk if cue is None else min(chunk, cue)
 
     def push(self, pcm: np.ndarray, start_sample: int | None = None) -> list[VadEvent]:
         x = np.asarray(pcm).reshape(-1)

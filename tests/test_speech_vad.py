@@ -129,6 +129,18 @@ def test_no_cue_when_off_or_before_any_sound() -> None:
     assert cues(QuietCue(640), [0] * 10) == []
 
 
+def test_the_cue_says_how_much_quiet_audio_it_still_needs() -> None:
+    cue = QuietCue(640)
+    assert cue.wanted(0) is None  # nothing loud yet: no cue to wait for
+    cue.push(np.full(FRAME, 10000, np.int16), 0)  # loud up to sample 319
+    assert cue.wanted(FRAME) == 640 + 1 - 1  # 40 ms after the last loud sample, exclusive
+    assert cue.push(np.zeros(639, np.int16), FRAME) is None
+    assert cue.wanted(FRAME + 639) == 1
+    assert cue.push(np.zeros(1, np.int16), FRAME + 639) == FRAME + 640
+    assert cue.wanted(FRAME + 640) is None  # told: no second cue for the same quiet
+    assert QuietCue(0).wanted(0) is None
+
+
 # --- the model on real audio ------------------------------------------------------------
 
 
@@ -210,3 +222,34 @@ def test_gap_and_overlap_in_pushed_audio(vad: SileroVad) -> None:
     stream.push(silence, 100 * FRAME)  # gap (ring overrun): chunking restarts there
     assert stream.chunks == 3
     assert stream.push(silence[:1], 102 * FRAME) == [] and stream.chunks == 3
+
+
+def test_a_reader_woken_when_the_vad_wants_it_sends_the_quiet_cue_on_time(vad: SileroVad) -> None:
+    # The VAD actor sleeps until ceil(wanted / FRAME) new frames are in the ring, then pushes
+    # them all. Woken at the chunk cadence alone, it sent the cue up to a frame after the
+    # frame that made it; now it sends it when a reader that looks at every frame does.
+    for text in ("Please call me back tomorrow.", "The quick brown fox jumps over the lazy dog."):
+        speech, _ = piper_wav(text)
+        audio = pad_silence(speech, 0.5, 1.0, noise=20.0)
+        frames = [audio[at : at + FRAME] for at in range(0, audio.size - FRAME + 1, FRAME)]
+        woken, wakes = sent_cues(vad, frames, every_frame=False)
+        assert woken and woken == sent_cues(vad, frames, every_frame=True)[0], text
+        assert wakes < 0.75 * len(frames)  # it still sleeps between chunks
+
+
+def sent_cues(
+    vad: SileroVad, frames: list[np.ndarray], *, every_frame: bool
+) -> tuple[list[tuple[int, int]], int]:
+    """(the cue's sample, how many frames had arrived when it was sent) for each cue, and
+    how many times the reader woke, frames arriving one at a time."""
+    stream = StreamingVad(vad, SpeechSegmenter(), quiet_ms=40)
+    sent, taken, wakes = [], 0, 0
+    for arrived in range(1, len(frames) + 1):
+        if not every_frame and arrived - taken < -(-stream.wanted // FRAME):
+            continue  # asleep: too few frames for any event
+        wakes += 1
+        for i in range(taken, arrived):
+            events = stream.push(frames[i], i * FRAME)
+            sent += [(ev.sample, arrived) for ev in events if ev.kind == "speech_quiet"]
+        taken = arrived
+    return sent, wakes
