@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,7 +61,7 @@ class VadActor(Actor):
         self.vad = SileroVad(self.model_path)
         if self.settings.turn_model == "smart-turn":
             self.turn = SmartTurn(self.settings.turn_model_path or None)
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="smart-turn")
+            self.pool = smart_turn_pool()
             # The first run of an ONNX session is slow (allocations): not in a user's turn.
             self.turn.probability(np.zeros(16000, np.int16))
 
@@ -158,6 +160,28 @@ class VadActor(Actor):
             (mic, math.ceil(stream.wanted / MIC_FRAME_SAMPLES))
             for mic, stream in self.sessions.values()
         ]
+
+
+# How much nicer than the actor its thread runs: Smart Turn's verdict is wanted only by
+# complete_silence_ms after the pause, while the turn's ASR and Piper's first chunk are the
+# path the reply waits on (docs/turn-taking.md has the A/B).
+SMART_TURN_NICE = 10
+
+
+def smart_turn_pool() -> ThreadPoolExecutor:
+    """The one thread Smart Turn runs in, at a lower priority than the reply's work."""
+    return ThreadPoolExecutor(1, thread_name_prefix="smart-turn", initializer=_yield_to_the_reply)
+
+
+def _yield_to_the_reply() -> None:
+    # On Linux a thread's id is a PRIO_PROCESS target: this thread alone gets the nice value.
+    me = threading.get_native_id()
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + SMART_TURN_NICE)
+        )
+    except OSError as exc:  # raising one's own nice value is always allowed; say if not
+        log.warning("smart-turn thread keeps its priority: %s", exc)
 
 
 def segmenter(settings: VadSettings, *, turn_model: bool = False) -> SpeechSegmenter:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from speechgen import piper_wav, speech_bounds
 
+from voxmesh.actors.vad import SMART_TURN_NICE, smart_turn_pool
 from voxmesh.speech import smart_turn
 from voxmesh.speech.smart_turn import WINDOW, SmartTurn, features
 from voxmesh.speech.vad import CHUNK, SileroVad, SpeechSegmenter, StreamingVad, TurnCheck
@@ -317,3 +320,13 @@ def test_pre_roll_starts_the_turn_before_the_onset_but_not_in_the_last_one() -> 
         starts += [ev.sample for ev in seg.feed(p, i * CHUNK) if ev.kind == "speech_start"]
     first_end = 30 * CHUNK + 30 * RATE // 1000
     assert starts == [20 * CHUNK - 200 * RATE // 1000, first_end]  # floored at the last end
+
+
+def test_the_turn_model_runs_below_the_reply_s_priority() -> None:
+    """Smart Turn's thread yields the CPU to the turn's ASR and Piper; the VAD's own thread
+    (the mic reader) keeps its priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with smart_turn_pool() as pool:
+        nice = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert nice.result(timeout=10) == min(19, own + SMART_TURN_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
