@@ -221,6 +221,7 @@ class AsrActor(Actor):
                     end=req.end,
                     elapsed_ms=elapsed_ms,
                     no_speech=no_speech,
+                    remembered=remembered,
                 )
             )
 

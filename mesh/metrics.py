@@ -46,10 +46,16 @@ VOICE_TO_VOICE = Histogram(
 )
 ASR = Histogram(
     "voxmesh_asr_seconds",
-    "ASR time of one transcript (as the ASR actor measured it), final or partial; ~0 for a "
-    "final it remembered (the turn was transcribed ahead of its pause, vad.quiet_ms).",
+    "ASR time of one transcript the model made (as the ASR actor measured it), final or "
+    "partial; those it remembered are voxmesh_asr_remembered_total.",
     ["kind"],
     buckets=LATENCY_BUCKETS,
+)
+ASR_REMEMBERED = Counter(
+    "voxmesh_asr_remembered_total",
+    "Transcripts the ASR answered from its memory of the window, without the model (the turn "
+    "was transcribed ahead of its pause, vad.quiet_ms).",
+    ["kind"],
 )
 RESPONDER_FIRST_TOKEN = Histogram(
     "voxmesh_responder_first_token_seconds",

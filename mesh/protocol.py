@@ -414,6 +414,7 @@ class Transcript(Message):
     end: int
     elapsed_ms: float = 0.0
     no_speech: float = 0.0  # Whisper's no-speech probability of the window (0: not known)
+    remembered: bool = False  # answered from the ASR's memory of this window, not the model
 
 
 @message(0x33)

@@ -849,6 +849,35 @@ def turn_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith("turn ")]
 
 
+async def test_a_remembered_transcript_is_counted_apart_from_the_model_s_time() -> None:
+    """voxmesh_asr_seconds is the model's time: a final the ASR answered from memory (~1 ms,
+    transcribed ahead of the pause) is counted, not observed."""
+    engine, _, s = make()
+    model = metric("voxmesh_asr_seconds_count", kind="final")
+    model_sum = metric("voxmesh_asr_seconds_sum", kind="final")
+    remembered = metric("voxmesh_asr_remembered_total", kind="final")
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_quiet", 19000))
+    ahead = Transcript(
+        session="s", turn=s.turn, text="hello", final=True, end=19000, elapsed_ms=80.0
+    )
+    engine.on_transcript(s, ahead)
+    engine.on_vad(s, vad("speech_pause", 19000))
+    again = Transcript(
+        session="s",
+        turn=s.turn,
+        text="hello",
+        final=True,
+        end=19000,
+        elapsed_ms=1.0,
+        remembered=True,
+    )
+    engine.on_transcript(s, again)
+    assert metric("voxmesh_asr_seconds_count", kind="final") == model + 1
+    assert metric("voxmesh_asr_seconds_sum", kind="final") == pytest.approx(model_sum + 0.08)
+    assert metric("voxmesh_asr_remembered_total", kind="final") == remembered + 1
+
+
 async def test_a_spoken_turn_logs_one_info_line_with_its_timings(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -408,8 +408,10 @@ class TurnEngine:
 
     def on_transcript(self, s: Session, tr: Transcript) -> None:
         self.asr_asked.pop((s.id, tr.final), None)
-        if tr.elapsed_ms > 0:
-            kind = "final" if tr.final else "partial"
+        kind = "final" if tr.final else "partial"
+        if tr.remembered:  # ~0 ms: in the model's histogram it would hide the model's time
+            metrics.ASR_REMEMBERED.labels(kind=kind).inc()
+        elif tr.elapsed_ms > 0:
             metrics.ASR.labels(kind=kind).observe(tr.elapsed_ms / 1000)
         if tr.turn != s.turn:
             return  # an older turn's answer
