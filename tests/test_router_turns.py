@@ -413,6 +413,29 @@ async def test_a_burst_heard_as_nothing_keeps_the_window_open() -> None:
     assert (req.start, req.final) == (1000, True)
 
 
+async def test_speech_back_after_the_reply_ended_is_a_turn_of_its_own() -> None:
+    """ "I would like to go to | um, the station": "um" over a short reply is heard as
+    nothing and the reply plays to its end; the VAD's segment then resumes with "the
+    station", which must become the user's turn, not be dropped for want of a start."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "I would like to go to")
+    engine.on_vad(s, vad("speech_start", 44864))
+    engine.on_vad(s, vad("speech_pause", 52192))
+    asr_answers(engine, out, s, "")
+    assert s.state == State.SPEAKING  # resumed
+    engine.on_playback_ended(s, ended(s, speaks(out)[-1].utterance, "done"))
+    assert s.state == State.LISTENING
+    engine.on_vad(s, vad("speech_resume", 53760))  # the same VAD segment, speech again
+    engine.on_vad(s, vad("speech_pause", 56800))
+    req = out.asr[-1]
+    assert (req.start, req.end, req.final) == (53760 - 3200, 56800, True)
+    engine.on_vad(s, vad("speech_end", 56800))
+    asr_answers(engine, out, s, "The station.")
+    await settle()
+    assert [f["text"] for f in finals(out)] == ["I would like to go to", "The station."]
+    assert len(speaks(out)) == 2  # and it is answered
+
+
 async def test_words_after_continue_ms_are_a_turn_of_their_own() -> None:
     engine, out, s = make(interrupt_ms=5000)
     await speak_turn(engine, out, s, "Can you tell me that?")

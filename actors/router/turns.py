@@ -296,6 +296,11 @@ class TurnEngine:
             s.burst_end = None  # the burst goes on: no resume on its first silence
         elif s.state == State.SPEAKING:  # resumed at the burst's silence, and it goes on
             self._speech_start(s, ev)
+        elif s.state == State.LISTENING:
+            # That burst's segment outlived the reply ("um, | the station" after a short
+            # answer): what comes back is the user's new turn, or its words are never heard.
+            self._new_turn(s, max(0, ev.sample - BARGE_IN_ASR_LEAD))
+            self._set_state(s, State.USER_SPEAKING)
         elif s.state == State.USER_SPEAKING:
             s.pending_end = None
             if s.reply is not None:  # a reply pre-generated under HOLD: the turn goes on
