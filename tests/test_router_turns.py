@@ -580,6 +580,38 @@ async def test_a_shown_partial_waits_while_the_asr_works_for_another_session() -
     assert [r.session for r in out.asr] == ["b", "s"]
 
 
+async def test_the_client_s_interrupt_over_speech_makes_that_speech_the_user_s_turn() -> None:
+    """ "Stop, I meant Tuesday" with the page's stop button pressed as they start: the bot
+    stops at once and what the user says is heard and answered."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, "book it for Monday")
+    engine.on_vad(s, vad("speech_start", 50000))
+    assert s.state == State.PAUSED
+    engine.interrupt_now(s)
+    assert s.state == State.USER_SPEAKING and any(isinstance(m, Stop) for m in out.tts)
+    engine.on_vad(s, vad("speech_pause", 60000))
+    req = out.asr[-1]
+    assert (req.start, req.end, req.final) == (50000 - 3200, 60000, True)
+    engine.on_vad(s, vad("speech_end", 60000))
+    asr_answers(engine, out, s, "I meant Tuesday.")
+    await settle()
+    assert finals(out)[-1]["text"] == "I meant Tuesday."
+    assert speaks(out)[-1].text == "I meant Tuesday."
+
+
+async def test_the_client_s_interrupt_while_the_user_speaks_leaves_their_turn_alone() -> None:
+    engine, out, s = make()
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.interrupt_now(s)
+    engine.on_vad(s, vad("speech_pause", 20000))
+    engine.on_vad(s, vad("speech_end", 20000))
+    req = asr_answers(engine, out, s, "What time is it?")
+    assert (req.start, req.end, req.final) == (1000, 20000, True)
+    await settle()
+    assert [f["text"] for f in finals(out)] == ["What time is it?"]
+    assert speaks(out), "and it is answered"
+
+
 async def test_stale_transcripts_and_playback_events_are_ignored() -> None:
     engine, out, s = make()
     await speak_turn(engine, out, s, "first")

@@ -532,7 +532,17 @@ class TurnEngine:
         self._set_state(s, State.THINKING)
 
     def interrupt_now(self, s: Session, next_state: State = State.LISTENING) -> None:
-        """The client's explicit interrupt: stop now, whatever the state."""
+        """The client's explicit interrupt: stop now, whatever the state. It stops the bot,
+        not the user: speech over the reply becomes their turn, as a confirmed barge-in, and
+        a turn they are in goes on (else the VAD's pause and end, in "listening", would
+        never reach the ASR)."""
+        if next_state == State.LISTENING and s.state == State.PAUSED:
+            self._interrupt(s, "the client's interrupt")
+            return
+        if next_state == State.LISTENING and s.state == State.USER_SPEAKING:
+            if s.reply is not None:  # one made ahead under HOLD: the turn's end makes another
+                self._stop_output(s)
+            return
         s.cancel_timer()
         if s.reply is not None or s.state in (State.SPEAKING, State.PAUSED, State.THINKING):
             self._pause_output(s)
