@@ -396,15 +396,39 @@ async def test_words_soon_after_the_turn_go_on_with_it(heard: str, no_speech: fl
     assert " ".join(m.text for m in speak) == "Can you tell me the way to the museum?"
 
 
+async def burst_heard_as_nothing(
+    said: str, onset: int, pause: int
+) -> tuple[TurnEngine, Recorder, Session]:
+    """The user's turn ``said`` is answered; a burst over the reply, [onset, pause), is heard
+    as nothing by ASR and the reply resumes."""
+    engine, out, s = make(interrupt_ms=5000)
+    await speak_turn(engine, out, s, said)
+    engine.on_vad(s, vad("speech_start", onset))
+    engine.on_vad(s, vad("speech_pause", pause))
+    asr_answers(engine, out, s, "")
+    assert s.state == State.SPEAKING  # resumed
+    return engine, out, s
+
+
+async def turn_heard(
+    engine: TurnEngine, out: Recorder, s: Session, span: tuple[int, int], text: str
+) -> None:
+    """The VAD ends the user's turn at ``span``'s end; the router asks ASR for all of
+    ``span`` as a final, and it answers ``text``."""
+    engine.on_vad(s, vad("speech_pause", span[1]))
+    req = out.asr[-1]
+    assert (req.start, req.end, req.final) == (*span, True)
+    engine.on_vad(s, vad("speech_end", span[1]))
+    asr_answers(engine, out, s, text)
+    await settle()
+
+
 async def test_a_burst_heard_as_nothing_keeps_the_window_open() -> None:
     """ "...maybe we could | go out for dinner": ASR hears nothing in the first syllable and
     the reply resumes; the rest, soon after, still goes on with the turn."""
-    engine, out, s = make(interrupt_ms=5000)
-    await speak_turn(engine, out, s, "So I was thinking that maybe we could...")
-    engine.on_vad(s, vad("speech_start", 28000))
-    engine.on_vad(s, vad("speech_pause", 31000))
-    asr_answers(engine, out, s, "")
-    assert s.state == State.SPEAKING  # resumed
+    engine, out, s = await burst_heard_as_nothing(
+        "So I was thinking that maybe we could...", 28000, 31000
+    )
     onset = 31000 + 12800  # 1.5 s after the turn's end, 0.8 s after the burst's
     engine.on_vad(s, vad("speech_start", onset))
     engine.on_vad(s, vad("speech_pause", onset + 8000))
@@ -417,21 +441,11 @@ async def test_speech_back_after_the_reply_ended_is_a_turn_of_its_own() -> None:
     """ "I would like to go to | um, the station": "um" over a short reply is heard as
     nothing and the reply plays to its end; the VAD's segment then resumes with "the
     station", which must become the user's turn, not be dropped for want of a start."""
-    engine, out, s = make(interrupt_ms=5000)
-    await speak_turn(engine, out, s, "I would like to go to")
-    engine.on_vad(s, vad("speech_start", 44864))
-    engine.on_vad(s, vad("speech_pause", 52192))
-    asr_answers(engine, out, s, "")
-    assert s.state == State.SPEAKING  # resumed
+    engine, out, s = await burst_heard_as_nothing("I would like to go to", 44864, 52192)
     engine.on_playback_ended(s, ended(s, speaks(out)[-1].utterance, "done"))
     assert s.state == State.LISTENING
     engine.on_vad(s, vad("speech_resume", 53760))  # the same VAD segment, speech again
-    engine.on_vad(s, vad("speech_pause", 56800))
-    req = out.asr[-1]
-    assert (req.start, req.end, req.final) == (53760 - 3200, 56800, True)
-    engine.on_vad(s, vad("speech_end", 56800))
-    asr_answers(engine, out, s, "The station.")
-    await settle()
+    await turn_heard(engine, out, s, (53760 - 3200, 56800), "The station.")
     assert [f["text"] for f in finals(out)] == ["I would like to go to", "The station."]
     assert len(speaks(out)) == 2  # and it is answered
 
@@ -589,12 +603,7 @@ async def test_the_client_s_interrupt_over_speech_makes_that_speech_the_user_s_t
     assert s.state == State.PAUSED
     engine.interrupt_now(s)
     assert s.state == State.USER_SPEAKING and any(isinstance(m, Stop) for m in out.tts)
-    engine.on_vad(s, vad("speech_pause", 60000))
-    req = out.asr[-1]
-    assert (req.start, req.end, req.final) == (50000 - 3200, 60000, True)
-    engine.on_vad(s, vad("speech_end", 60000))
-    asr_answers(engine, out, s, "I meant Tuesday.")
-    await settle()
+    await turn_heard(engine, out, s, (50000 - 3200, 60000), "I meant Tuesday.")
     assert finals(out)[-1]["text"] == "I meant Tuesday."
     assert speaks(out)[-1].text == "I meant Tuesday."
 
@@ -603,11 +612,7 @@ async def test_the_client_s_interrupt_while_the_user_speaks_leaves_their_turn_al
     engine, out, s = make()
     engine.on_vad(s, vad("speech_start", 1000))
     engine.interrupt_now(s)
-    engine.on_vad(s, vad("speech_pause", 20000))
-    engine.on_vad(s, vad("speech_end", 20000))
-    req = asr_answers(engine, out, s, "What time is it?")
-    assert (req.start, req.end, req.final) == (1000, 20000, True)
-    await settle()
+    await turn_heard(engine, out, s, (1000, 20000), "What time is it?")
     assert [f["text"] for f in finals(out)] == ["What time is it?"]
     assert speaks(out), "and it is answered"
 
