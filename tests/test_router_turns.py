@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from voxmesh.actors.router import turnlog
 from voxmesh.actors.router.responder import EchoResponder
-from voxmesh.actors.router.session import Session, State
+from voxmesh.actors.router.session import Reply, Session, State
 from voxmesh.actors.router.turns import TurnConfig, TurnEngine
 from voxmesh.mesh.protocol import (
     AsrRequest,
@@ -423,6 +423,17 @@ async def turn_heard(
     await settle()
 
 
+async def held_reply(engine: TurnEngine, out: Recorder, s: Session, text: str) -> Reply:
+    """The user pauses after [1000, 20000); ASR hears ``text`` and the reply to it is made
+    ahead, under HOLD (not released: the VAD has not ended the turn)."""
+    engine.on_vad(s, vad("speech_start", 1000))
+    engine.on_vad(s, vad("speech_pause", 20000))
+    asr_answers(engine, out, s, text)
+    await settle()
+    assert s.reply is not None and not s.reply.released
+    return s.reply
+
+
 async def test_a_burst_heard_as_nothing_keeps_the_window_open() -> None:
     """ "...maybe we could | go out for dinner": ASR hears nothing in the first syllable and
     the reply resumes; the rest, soon after, still goes on with the turn."""
@@ -615,6 +626,17 @@ async def test_the_client_s_interrupt_while_the_user_speaks_leaves_their_turn_al
     await turn_heard(engine, out, s, (1000, 20000), "What time is it?")
     assert [f["text"] for f in finals(out)] == ["What time is it?"]
     assert speaks(out), "and it is answered"
+
+
+async def test_the_client_s_interrupt_drops_a_held_reply_and_the_turn_end_makes_another() -> None:
+    engine, out, s = make()
+    held = await held_reply(engine, out, s, "What time is it?")
+    engine.interrupt_now(s)
+    assert s.reply is None and s.state == State.USER_SPEAKING
+    engine.on_vad(s, vad("speech_end", 20000))
+    await settle()
+    assert s.reply is not None and s.reply is not held and s.reply.released
+    assert [f["text"] for f in finals(out)] == ["What time is it?"]
 
 
 async def test_stale_transcripts_and_playback_events_are_ignored() -> None:
@@ -1099,12 +1121,8 @@ async def test_a_held_reply_that_raced_its_hold_plays_and_ends_as_any_reply() ->
     HOLD, so PLAYBACK_STARTED came while the user was still talking: that is not the reply
     starting. The one sent after the RELEASE is, and the turn then ends in LISTENING."""
     engine, out, s = make()
-    engine.on_vad(s, vad("speech_start", 1000))
-    engine.on_vad(s, vad("speech_pause", 20000))
-    asr_answers(engine, out, s, "Please send me the report by Friday.")
-    await settle()
-    reply = s.reply
-    assert reply is not None and not reply.released and reply.turn is not None
+    reply = await held_reply(engine, out, s, "Please send me the report by Friday.")
+    assert reply.turn is not None
     early = PlaybackStarted(session="s", epoch=s.epoch, utterance=reply.utterance, t=1.0)
     engine.on_playback_started(s, early)
     assert s.state == State.USER_SPEAKING and reply.turn.first_frame_at is None
