@@ -181,6 +181,7 @@ def test_the_grafana_dashboard_asks_only_for_metrics_and_labels_that_exist() -> 
     metrics.BARGE_INS.labels(action="pause").inc(0)
     metrics.ACTOR_RESTARTS.labels(actor="asr").inc(0)
     metrics.ASR.labels(kind="final").observe(0.1)
+    metrics.ASR_REMEMBERED.labels(kind="final").inc(0)
     metrics.VOICE_TO_VOICE.labels(source="say").observe(0.1)
     stats = TransportStats()
     stats.client_errors["bad_json"] += 1
