@@ -150,7 +150,10 @@ class VadSettings:
     model: str = setting("", "path to a Silero ONNX model; empty: the one faster-whisper ships")
     threshold: float = setting(0.5, "speech probability that starts speech", low=0, high=1)
     min_speech_ms: int = setting(
-        64, "speech this long starts a turn (or pauses the bot: cheap to undo)", low=0
+        32,
+        "speech this long starts a turn or pauses the bot (cheap to undo); 32: one Silero "
+        "chunk over the threshold",
+        low=0,
     )
     min_silence_ms: int = setting(
         250,

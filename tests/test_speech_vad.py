@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from speechgen import pad_silence, piper_wav, speech_bounds
 
+from voxmesh.actors.vad import segmenter
+from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.vad import (
     CHUNK,
     QuietCue,
@@ -57,6 +59,13 @@ def test_one_chunk_blip_is_not_speech() -> None:
 def test_min_speech_zero_starts_on_first_chunk() -> None:
     events = run(seg(min_speech_ms=0), [0.0, 0.9, 0.9])
     assert [(i, e.kind) for i, e in events] == [(1, "speech_start")]
+
+
+def test_the_mesh_pauses_on_one_chunk_over_the_threshold() -> None:
+    # The default [vad]: a barge-in pauses the bot on Silero's first chunk over the
+    # threshold, 32 ms earlier than a second chunk would (README, echo section).
+    events = run(segmenter(VadSettings()), [0.0, 0.9, 0.1] + [0.0] * 40)
+    assert [(i, e.kind) for i, e in events][:2] == [(1, "speech_start"), (2, "speech_pause")]
 
 
 def test_hysteresis_between_thresholds() -> None:
