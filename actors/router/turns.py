@@ -286,7 +286,7 @@ class TurnEngine:
         heard the burst: a short word and a pause ("Stop, wait...") is an interruption."""
         s.burst_end = sample
         if not s.partial_inflight_since:
-            self._request_partial(s, self._barge_in_start(s), sample, self.clock.now())
+            self._request_partial(s, self._barge_in_start(s.onset_sample), sample, self.clock.now())
 
     def _speech_resume(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = True
@@ -299,7 +299,7 @@ class TurnEngine:
         elif s.state == State.LISTENING:
             # That burst's segment outlived the reply ("um, | the station" after a short
             # answer): what comes back is the user's new turn, or its words are never heard.
-            self._new_turn(s, max(0, ev.sample - BARGE_IN_ASR_LEAD))
+            self._new_turn(s, self._barge_in_start(ev.sample))
             self._set_state(s, State.USER_SPEAKING)
         elif s.state == State.USER_SPEAKING:
             s.pending_end = None
@@ -374,7 +374,7 @@ class TurnEngine:
             self._new_turn(s, s.turn_start)  # ASR hears it all again, pause and all
             s.continues = True
         else:
-            self._new_turn(s, self._barge_in_start(s))
+            self._new_turn(s, self._barge_in_start(s.onset_sample))
         self._set_state(s, State.USER_SPEAKING)
         if burst_end is not None and over:  # the VAD has ended this speech: so has the turn
             self._turn_ended(s, burst_end)
@@ -503,12 +503,13 @@ class TurnEngine:
         head = self.out.mic_head(s)
         if head - start >= MIC_RATE * MIN_ASR_S:
             if s.state == State.PAUSED:
-                start = self._barge_in_start(s)
+                start = self._barge_in_start(s.onset_sample)
             self._request_partial(s, start, head, now)
 
     @staticmethod
-    def _barge_in_start(s: Session) -> int:
-        return max(0, s.onset_sample - BARGE_IN_ASR_LEAD)
+    def _barge_in_start(onset: int) -> int:
+        """Where ASR starts hearing speech the VAD found mid-reply at ``onset``."""
+        return max(0, onset - BARGE_IN_ASR_LEAD)
 
     def _request_partial(self, s: Session, start: int, end: int, now: float) -> None:
         s.partial_inflight_since = s.last_partial_at = now
