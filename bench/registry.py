@@ -24,6 +24,7 @@ SCENARIO_MODULES = (
     "pacing",
     "voice_scenarios",
     "turns",
+    "turns_human",
     "tts_actors",
     "remote",
     "faults",
