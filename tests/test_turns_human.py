@@ -8,6 +8,8 @@ called a turn end or a pause within a turn from the speakers' labels.
 from __future__ import annotations
 
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ import pytest
 
 from voxmesh.bench import human_speech
 from voxmesh.bench.human_speech import Track
-from voxmesh.bench.turns_human import POLICIES, pauses
+from voxmesh.bench.registry import BenchContext, Outcome, Skip
+from voxmesh.bench.turns_human import POLICIES, pauses, turns_human_scenario
 from voxmesh.speech.vad import CHUNK, SAMPLE_RATE
 
 MS_PER_CHUNK = CHUNK * 1000 // SAMPLE_RATE
@@ -88,3 +91,16 @@ def test_a_speakers_track_silences_the_others_solo_speech() -> None:
     a = tracks[0]
     assert a.pcm[: int(3.5 * SAMPLE_RATE)].all() and not a.pcm[int(3.5 * SAMPLE_RATE) :].any()
     assert a.others == [(3.0, 5.0), (4.0, 4.2)]
+
+
+def test_without_the_recordings_the_bench_says_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(*_args: object, **_kw: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("VOXMESH_HUMAN_SPEECH", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(Skip, match="VOXMESH_HUMAN_SPEECH"):
+        turns_human_scenario(BenchContext(out=tmp_path), Outcome())
+    assert not any(tmp_path.iterdir())  # nothing half-fetched is left to be taken as whole
