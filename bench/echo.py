@@ -360,6 +360,7 @@ class Trial:
     bot_s: float = 0.0  # seconds of reply played
     reaction_ms: float | None = None
     wer: float | None = None
+    said: str = ""  # the user's words ("" for a cough or silence)
     heard: str = ""  # the final transcript of what the user said over the bot
 
 
@@ -397,16 +398,20 @@ async def mesh_trial(
         clears = c.received("clear", since)
         trial.clears = len(clears)
         trial.bot_s = len(c.frames[first:]) * 0.02
+        trial.said = said
         if user == "interrupt":
             t_onset = mic.sent_time(at)
             after = [e for e in c.received("clear", mark)]
             if t_onset is not None and after and after[0].data.get("t_last_frame"):
                 trial.reaction_ms = (float(after[0].data["t_last_frame"]) - t_onset) * 1e3
+        if user == "interrupt" or (trial.stopped and clip.size):
             # The barge-in burst is judged at its first pause, so the words may come as more
-            # than one turn: all of them, up to 2 s after the user stopped.
+            # than one turn: all of them, up to 2 s after the user stopped. For a cough or a
+            # backchannel that stopped the bot, they say what took the floor.
             await mic.wait_sent(at + clip.size, 20.0)
             await asyncio.sleep(2.0)
             trial.heard = " ".join(c.user_turns(mark)).strip()
+        if user == "interrupt":
             trial.wer = word_error_rate(said, trial.heard)
         await c.interrupt()
         await c.wait_quiet(0.3, 10.0)
@@ -518,6 +523,13 @@ def echo_scenario(ctx: BenchContext, out: Outcome) -> None:
                         "double_talk_wer_pct": round(100 * float(np.mean(wers)), 1)
                         if wers
                         else None,
+                        # JSON only: [user, what they said, what the mesh heard] of each
+                        # backchannel or cough that stopped the reply
+                        "stopped_by": [
+                            [t.user, t.said, t.heard]
+                            for t in trials
+                            if t.stopped and t.user in ("backchannel", "cough")
+                        ],
                     },
                 )
             )
