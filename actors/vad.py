@@ -24,7 +24,7 @@ from voxmesh.mesh.ring import MIC_FRAME_SAMPLES, MIC_VAD, RingSegment
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.mesh.sockets import log
 from voxmesh.mesh.spec import ActorSpec, MeshPlace
-from voxmesh.speech.smart_turn import SmartTurn
+from voxmesh.speech.smart_turn import COMPLETE_ABOVE, SmartTurn
 from voxmesh.speech.vad import SileroVad, SpeechSegmenter, StreamingVad, TurnCheck
 
 from .micreader import Idle, MicSession, check_slot
@@ -143,7 +143,7 @@ class VadActor(Actor):
             p = await asyncio.get_running_loop().run_in_executor(
                 self.pool, self.turn.probability, audio
             )
-            complete = p > 0.5  # the model's own threshold (pipecat's local_smart_turn_v3.py)
+            complete = p > COMPLETE_ABOVE
             self.turn_checks += 1
             self.turn_s += time.perf_counter() - began
             log.debug("%s: %s turn check at %d: p=%.3f", self.name, sid, check.end, p)

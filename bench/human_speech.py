@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from voxmesh.speech.vad import SAMPLE_RATE
+
 PYPI = "https://files.pythonhosted.org/packages"
 
 

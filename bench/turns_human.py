@@ -15,6 +15,7 @@ Silero finds is then one of:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ from typing import Any, Literal
 import numpy as np
 
 from voxmesh.actors.router.words import ends_mid_sentence
-from voxmesh.speech.vad import CHUNK, SAMPLE_RATE, SpeechSegmenter, VadEvent
+from voxmesh.actors.vad import segmenter
+from voxmesh.mesh.settings import VadSettings
+from voxmesh.speech.smart_turn import COMPLETE_ABOVE
+from voxmesh.speech.vad import CHUNK, SAMPLE_RATE, VadEvent
 
 from . import human_speech, speech
 from .human_speech import Track
@@ -37,10 +41,12 @@ LONG_PAUSE_MS = 1500
 MS_PER_CHUNK = CHUNK * 1000 // SAMPLE_RATE
 TAIL_S = 2.0  # silence after each track, for its last turn to end
 NOISE_DBFS = -70.0  # under the silenced parts, so Silero never sees exact zeros
+FLOOR_LEAD_S = 0.3  # another speaker's turn may begin this much before Silero's pause
+# [vad] settings over the mesh's defaults, one policy each
 POLICIES: dict[str, dict[str, Any]] = {
-    "smart-turn, words 500 ms": {"turn_model": True, "words_silence_ms": 500},
-    "smart-turn, words 300 ms": {"turn_model": True, "words_silence_ms": 300},
-    "off, 250 ms": {"turn_model": False, "min_silence_ms": 250},
+    "smart-turn, words 500 ms": {"turn_model": "smart-turn", "words_silence_ms": 500},
+    "smart-turn, words 300 ms": {"turn_model": "smart-turn", "words_silence_ms": 300},
+    "off, 250 ms": {"turn_model": "off", "min_silence_ms": 250},
 }
 
 TurnModel = Callable[[str, int, int], float]  # (track, start, end) -> P(complete)
@@ -83,7 +89,8 @@ def pauses(
     transcribe: Transcriber,
 ) -> list[Pause]:
     """Every pause the segmenter reports on ``track``, with what ``policy`` made of it."""
-    seg = SpeechSegmenter(pre_roll_ms=300, **policy)
+    settings = dataclasses.replace(VadSettings(), **policy)
+    seg = segmenter(settings, turn_model=settings.turn_model == "smart-turn")  # as the actor
     due: dict[int, list[Callable[[], list[VadEvent]]]] = {}  # chunk -> answers then
     found: list[Pause] = []
     open_pause: Pause | None = None
@@ -112,7 +119,7 @@ def pauses(
             prob = turn_model(track.name, check.start, check.end)
             if open_pause is not None:
                 open_pause.turn_p.append(round(prob, 2))
-            verdict = functools.partial(seg.verdict, check.token, prob > 0.5)  # as actors/vad.py
+            verdict = functools.partial(seg.verdict, check.token, prob > COMPLETE_ABOVE)
             due.setdefault(i + VERDICT_LAG, []).append(verdict)
     for pause in found:
         _label(track, probs, pause, seg.threshold)
@@ -127,7 +134,7 @@ def _label(track: Track, probs: np.ndarray, pause: Pause, threshold: float) -> N
     pause.silence_ms = int(back[0]) * CHUNK * 1000 // SAMPLE_RATE
     t0, t1 = first * CHUNK / SAMPLE_RATE, (first + int(back[0])) * CHUNK / SAMPLE_RATE
     pause.floor_taken = any(
-        e - s >= human_speech.OTHER_TURN_S and t0 - 0.3 <= s <= t1 for s, e in track.others
+        e - s >= human_speech.OTHER_TURN_S and t0 - FLOOR_LEAD_S <= s <= t1 for s, e in track.others
     )
 
 

@@ -31,6 +31,7 @@ N_FFT = 400
 HOP = 160
 N_MELS = 80
 FRAMES = WINDOW // HOP  # 800
+COMPLETE_ABOVE = 0.5  # the model's own threshold (pipecat's local_smart_turn_v3.py)
 MODEL_NAME = "smart-turn-v3.2-cpu.onnx"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 

@@ -18,10 +18,8 @@ import pytest
 from voxmesh.bench import human_speech
 from voxmesh.bench.human_speech import Track
 from voxmesh.bench.registry import BenchContext, Outcome, Skip
-from voxmesh.bench.turns_human import POLICIES, pauses, turns_human_scenario
-from voxmesh.speech.vad import CHUNK, SAMPLE_RATE
-
-MS_PER_CHUNK = CHUNK * 1000 // SAMPLE_RATE
+from voxmesh.bench.turns_human import MS_PER_CHUNK, POLICIES, pauses, turns_human_scenario
+from voxmesh.speech.vad import SAMPLE_RATE
 
 
 def probs(*runs: tuple[float, int]) -> np.ndarray:
