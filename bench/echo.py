@@ -399,11 +399,6 @@ async def mesh_trial(
         trial.clears = len(clears)
         trial.bot_s = len(c.frames[first:]) * 0.02
         trial.said = said
-        if user == "interrupt":
-            t_onset = mic.sent_time(at)
-            after = [e for e in c.received("clear", mark)]
-            if t_onset is not None and after and after[0].data.get("t_last_frame"):
-                trial.reaction_ms = (float(after[0].data["t_last_frame"]) - t_onset) * 1e3
         if user == "interrupt" or (trial.stopped and clip.size):
             # The barge-in burst is judged at its first pause, so the words may come as more
             # than one turn: all of them, up to 2 s after the user stopped. For a cough or a
@@ -412,6 +407,10 @@ async def mesh_trial(
             await asyncio.sleep(2.0)
             trial.heard = " ".join(c.user_turns(mark)).strip()
         if user == "interrupt":
+            t_onset = mic.sent_time(at)
+            after = c.received("clear", mark)
+            if t_onset is not None and after and after[0].data.get("t_last_frame"):
+                trial.reaction_ms = (float(after[0].data["t_last_frame"]) - t_onset) * 1e3
             trial.wer = word_error_rate(said, trial.heard)
         await c.interrupt()
         await c.wait_quiet(0.3, 10.0)
