@@ -224,21 +224,55 @@ async def test_an_asr_that_does_not_remember_is_asked_only_at_the_pause() -> Non
     assert [(r.start, r.end, r.final) for r in out.asr] == [(1000, 20000, True)]
 
 
-async def test_barge_in_pauses_at_once_and_stops_after_interrupt_min() -> None:
+async def test_barge_in_pauses_at_once_and_stops_on_words_after_interrupt_min() -> None:
     engine, out, s = make(interrupt_ms=30)
     await speak_turn(engine, out, s, "a long answer")
     out.transport.clear()
     out.tts.clear()
+    asked = len(out.asr)
     engine.on_vad(s, vad("speech_start", 50000))
     assert isinstance(out.tts[0], Pause) and isinstance(out.transport[0], Hold)
     assert s.state == State.PAUSED
     epoch = s.epoch
     out.clock.advance(0.02)
-    assert s.state == State.PAUSED  # not before interrupt_min_ms
+    assert s.state == State.PAUSED and len(out.asr) == asked  # not before interrupt_min_ms
+    out.head = 56000
     out.clock.advance(0.06)
+    # Still speaking at interrupt_min_ms, and ASR not yet asked: it is asked now, and its
+    # words decide (the first ask of poll_partials would race this timer).
+    req = out.asr[-1]
+    assert (req.start, req.end, req.final) == (50000 - 3200, 56000, False)
+    assert s.state == State.PAUSED
+    asr_answers(engine, out, s, "Wait, stop.")
     assert s.state == State.USER_SPEAKING
     assert [m.epoch for m in out.tts if isinstance(m, Stop)] == [epoch + 1]
     assert s.turn_start == 50000 - 3200  # ASR hears the new turn from 200 ms before its onset
+
+
+async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_end() -> None:
+    """A backchannel in two bursts ("O- kay"): the second outlasts interrupt_min_ms before
+    ASR was asked about it; asked then, it hears "Okay", and the burst's end resumes."""
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    engine.on_vad(s, vad("speech_start", 50000))
+    out.head = 56000
+    out.clock.advance(0.04)
+    asr_answers(engine, out, s, "Okay")
+    out.clock.advance(0.5)
+    assert s.state == State.PAUSED
+    engine.on_vad(s, vad("speech_pause", 57000))
+    asr_answers(engine, out, s, "Okay.")
+    assert s.state == State.SPEAKING
+    assert not [m for m in out.tts if isinstance(m, Stop)]
+
+
+async def test_speech_past_interrupt_min_with_no_audio_to_judge_interrupts() -> None:
+    engine, out, s = make(interrupt_ms=30)
+    await speak_turn(engine, out, s, "a long answer")
+    engine.on_vad(s, vad("speech_start", 50000))
+    out.head = 50000  # the mic ring has not moved on since the onset
+    out.clock.advance(0.04)
+    assert s.state == State.USER_SPEAKING
 
 
 def asr_answers(engine: TurnEngine, out: Recorder, s: Session, text: str) -> AsrRequest:

@@ -1,11 +1,12 @@
 """Turn-taking and barge-in (docs/turn-taking.md), one session at a time.
 
 listening -> user_speaking -> thinking -> speaking -> listening, and speaking -> paused on
-speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a STOP if the
-user keeps talking for ``interrupt_min_ms`` (or ASR hears words), or a RESUME + RELEASE if the
-noise ends first. The end of a user turn is transcribed speculatively at the first silence,
-and the reply is synthesized under HOLD while the VAD confirms the end, so the first frame
-is ready the moment the turn is confirmed.
+speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a STOP when
+ASR hears words that take the floor in it (asked at its first silence, or after
+``interrupt_min_ms`` of speech), when speech comes back after ``interrupt_min_ms``, or after
+BACKCHANNEL_MAX_S of it; a RESUME + RELEASE if the noise ends first. The end of a user turn
+is transcribed speculatively at the first silence, and the reply is synthesized under HOLD
+while the VAD confirms the end, so the first frame is ready the moment the turn is confirmed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .words import (
     ends_mid_sentence,
     goes_on,
     interrupts,
-    lone_word,
+    tentative,
 )
 
 
@@ -328,17 +329,21 @@ class TurnEngine:
         s.confirm_timer = None
         if s.state != State.PAUSED:
             return
-        # Speech this long interrupts, unless ASR is judging it or heard only a backchannel
-        # ("okaaay" outlasts interrupt_min_ms): then its answer, the burst's end or
-        # BACKCHANNEL_MAX_S decides (poll_partials).
+        # Speech this long is judged by its words ("okaaay" outlasts interrupt_min_ms): ASR
+        # is asked now if it is not judging the burst already (poll_partials' first ask races
+        # this timer). Its answer, the burst's end or BACKCHANNEL_MAX_S decides.
         if s.vad_speaking and not (s.backchannel or s.partial_inflight_since):
-            self._interrupt(s, "speech for interrupt_min_ms")
-        else:
-            s.confirm_due = True  # decide on speech_resume (interrupt) or speech_end (resume)
+            start, head = self._barge_in_start(s.onset_sample), self.out.mic_head(s)
+            if head - start < MIC_RATE * MIN_ASR_S:  # the mic ring stalled: nothing to judge
+                self._interrupt(s, "speech for interrupt_min_ms")
+                return
+            self._request_partial(s, start, head, self.clock.now())
+        s.confirm_due = True  # and speech after a silence now interrupts (speech_resume)
 
     def _await_more(self, s: Session) -> None:
-        """A lone word at the burst's silence: more speech within LONE_WORD_WAIT_S is an
-        interruption (speech_start / speech_resume with confirm_due), none resumes."""
+        """Tentative words at the burst's silence (words.py): more speech within
+        LONE_WORD_WAIT_S is an interruption (speech_start / speech_resume with confirm_due),
+        none resumes."""
         if s.confirm_timer is not None:
             s.confirm_timer.cancel()
         s.confirm_due = True
@@ -433,7 +438,7 @@ class TurnEngine:
             if interrupts(tr.text, tr.no_speech) or (self._just_answered(s) and goes_on(tr.text)):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
-            elif s.burst_end is not None and lone_word(tr.text, tr.no_speech):
+            elif s.burst_end is not None and tentative(tr.text, tr.no_speech):
                 self._await_more(s)
             elif s.burst_end is not None:
                 self._resume(s)
