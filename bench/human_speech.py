@@ -80,6 +80,7 @@ class Track:
     kind: str  # "conversation" (labelled) or "read" (one speaker, every pause within a turn)
     pcm: np.ndarray  # float32, 16 kHz
     others: list[tuple[float, float]] = field(default_factory=list)  # other speakers' speech
+    mine: list[tuple[float, float]] = field(default_factory=list)  # this speaker's segments
 
 
 def corpus_dir() -> Path:
@@ -154,7 +155,10 @@ def speaker_tracks(
         for s, e in mine:
             keep[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)] = True
         others = sorted(seg for o, segs in speakers.items() if o != who for seg in segs)
-        tracks.append(Track(f"{name}:{who}", "conversation", np.where(keep, pcm, 0.0), others))
+        track = Track(
+            f"{name}:{who}", "conversation", np.where(keep, pcm, 0.0), others, sorted(mine)
+        )
+        tracks.append(track)
     return tracks
 
 
@@ -175,3 +179,16 @@ def tracks(root: Path | None = None) -> list[Track]:
     read += sorted(ps.glob("*.raw")) + sorted(ps.glob("forever/*.wav"))
     out += [Track(p.stem, "read", load(p)) for p in read]
     return out
+
+
+def tracks_or_skip() -> list[Track]:
+    """``tracks()``, or a bench Skip that says what to do when they cannot be fetched."""
+    from .registry import Skip
+
+    try:
+        return tracks()
+    except OSError as exc:  # offline: URLError is one
+        raise Skip(
+            f"the recordings could not be fetched ({exc}); put a copy of {corpus_dir()} "
+            "there, or point VOXMESH_HUMAN_SPEECH at one"
+        ) from exc

@@ -32,6 +32,7 @@ SCENARIO_MODULES = (
     "echo",
     "echo_soak",
     "echo_barge",
+    "echo_human",
     "peers",
 )
 

@@ -31,7 +31,7 @@ from voxmesh.speech.vad import CHUNK, SAMPLE_RATE, VadEvent
 
 from . import human_speech, speech
 from .human_speech import Track
-from .registry import BenchContext, Outcome, Skip, scenario
+from .registry import BenchContext, Outcome, scenario
 from .report import Figure, Row
 
 VERDICT_LAG = 2  # chunks (64 ms): Smart Turn's check in the VAD actor on this box
@@ -201,13 +201,7 @@ def policy_row(name: str, found: list[Pause], kind: str | None = None) -> Row:
 @scenario("turns_human", "end of turn on recorded people: where each policy cuts in", order=56)
 def turns_human_scenario(ctx: BenchContext, out: Outcome) -> None:
     rng = np.random.default_rng(0)
-    try:
-        tracks = human_speech.tracks()
-    except OSError as exc:  # offline: URLError is one
-        raise Skip(
-            f"the recordings could not be fetched ({exc}); put a copy of "
-            f"{human_speech.corpus_dir()} there, or point VOXMESH_HUMAN_SPEECH at one"
-        ) from exc
+    tracks = human_speech.tracks_or_skip()
     audio = {t.name: with_tail(t, rng) for t in tracks}
     judges = Judges(audio)
     found: dict[str, list[Pause]] = {name: [] for name in POLICIES}

@@ -21,7 +21,7 @@ from speechgen import piper_wav
 from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
-from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts
+from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts, tentative
 from voxmesh.actors.transport.echo import (
     AEC3_LATENCY,
     DOMINANT_DB,
@@ -203,6 +203,18 @@ def test_one_word_in_what_whisper_calls_silence_is_not_a_word() -> None:
     assert not interrupts("You", no_speech=0.7)
     assert interrupts("Wait", no_speech=0.1)
     assert Transcript(session="s", turn=1, text="", final=False, end=0).no_speech == 0.0
+
+
+def test_words_in_what_whisper_calls_silence_do_not_take_the_floor_but_may_start_a_sentence() -> (
+    None
+):
+    # What tiny.en wrote for people's "okay" and "mm-hmm" over the reply after the canceller
+    # (bench/echo_human.py), each with its no_speech: all of them stopped the bot.
+    for heard, no_speech in (("Thank you.", 0.61), ("I'm going to go to the", 0.58)):
+        assert not interrupts(heard, no_speech), heard
+        assert tentative(heard, no_speech), heard  # more speech soon would interrupt
+    assert interrupts("Thank you.", 0.2)
+    assert not tentative("Mm-hmm.", 0.6)  # no word at all: the burst's end resumes
 
 
 def test_the_speakerphone_room_delays_the_echo_and_keeps_its_level() -> None:

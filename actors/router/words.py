@@ -49,17 +49,19 @@ _EMPTY = frozenset({"a", "an", "the", "and", "then", "them", "in", "of", "it"})
 # A lone word over the reply takes the floor only if people take it with that word: Whisper
 # makes one up for a short noise ("Bye." for espeak's "Right." after the echo canceller,
 # "you", "thank"), and a user who means to interrupt with another word goes on. Two words or
-# more always do (Pipecat's MinWordsInterruptionStrategy and LiveKit's
-# min_interruption_words make the same trade with a word count alone). The bot waits
-# LONE_WORD_WAIT_S after a lone word: speech again within it is an interruption.
+# more do (Pipecat's MinWordsInterruptionStrategy and LiveKit's min_interruption_words make
+# the same trade with a word count alone), unless Whisper doubts the window (NO_SPEECH_WORD).
+# The bot waits LONE_WORD_WAIT_S after tentative words: speech again within it interrupts.
 FLOOR_WORDS = frozenset(
     {"stop", "wait", "no", "nope", "hold", "hey", "sorry", "excuse", "pardon", "actually"}
     | {"but", "what", "why", "how", "when", "where", "who", "which", "enough", "quiet"}
     | {"cancel", "pause", "listen", "hello", "help"}
 )
-# A single word Whisper decodes from a window it finds this likely to hold no speech is a
-# hallucination in a noise ("you", "thank"), not the user (speech measured < 0.5), even a
-# floor word.
+# Words Whisper decodes from a window it finds this likely to hold no speech are a
+# hallucination in a noise ("you", "Thank you.", "I'm going to go to the"), not the user
+# (speech measured < 0.5): they do not take the floor, however many, but may start a sentence
+# (``tentative``). Measured on people's backchannels and turn starts over the bot's echo
+# (bench/echo_human.py, docs/turn-taking.md).
 NO_SPEECH_WORD = 0.5
 LONE_WORD_WAIT_S = 0.5
 # A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
@@ -68,18 +70,21 @@ BACKCHANNEL_MAX_S = 1.5
 
 def interrupts(text: str, no_speech: float = 0.0) -> bool:
     """Do these words, heard over the bot, take the floor? Backchannels, fillers and words
-    that say nothing alone do not; a lone other word only if it is a FLOOR_WORD in a window
-    Whisper does not call likely silence."""
+    that say nothing alone do not; a lone other word only if it is a FLOOR_WORD; none in a
+    window Whisper calls likely silence."""
+    if no_speech >= NO_SPEECH_WORD:
+        return False
     words = _content(text)
     if len(words) == 1:
-        return words[0] in FLOOR_WORDS and no_speech < NO_SPEECH_WORD
+        return words[0] in FLOOR_WORDS
     return len(words) > 1
 
 
-def lone_word(text: str, no_speech: float = 0.0) -> bool:
-    """One word that does not take the floor alone ("with" for a "Wait," after the echo
-    canceller, "Bye."): it may start a sentence, so more speech soon after it does."""
-    return len(_content(text)) == 1 and not interrupts(text, no_speech)
+def tentative(text: str, no_speech: float = 0.0) -> bool:
+    """Words that do not take the floor but may start a sentence that does: one word that is
+    not a FLOOR_WORD ("with" for a "Wait," after the echo canceller, "Bye."), or any in a
+    window Whisper calls likely silence. More speech soon after them interrupts."""
+    return bool(_content(text)) and not interrupts(text, no_speech)
 
 
 def goes_on(text: str) -> bool:

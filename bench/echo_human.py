@@ -1,0 +1,129 @@
+"""Scenario ``echo_human``: people's backchannels and turn starts over the bot's own echo.
+
+The echo bench's users are espeak voices (bench/echo.py); these are people, from the meetings
+and the phone call of bench/human_speech.py. Of each speaker's labelled segments:
+- a **backchannel**: a segment of SHORT_S or less ("okay", "mm-hmm", "yeah", a short
+  answer) that does not take the floor heard clean;
+- a **turn start**: the first START_S of a segment of LONG_S or more, when it takes the
+  floor heard clean (what the router would hear at an interruption's first pause).
+
+"Heard clean" is the segment alone, on its speaker's track. Each is then played over the
+reply's echo by bench/echo.py's offline speakerphone (three rooms, two moments in the reply,
+the bot pausing 150 ms after the user starts, as it does through the mesh). It goes through
+the server's canceller (``aec server``) or not (``aec off``: the raw mic). tiny.en hears the
+router's barge-in window (200 ms before the onset to 100 ms after the end), and the router's
+rule (actors/router/words.py ``interrupts``, with Whisper's no_speech) decides whether the
+words take the floor. Counted per room: backchannels the echo turns into a stop, and turn
+starts that still take the floor. Offline, no mesh; the recordings as turns_human fetches
+them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxmesh.actors.router.turns import BARGE_IN_ASR_LEAD
+from voxmesh.actors.router.words import interrupts
+
+from . import human_speech, speech
+from .echo import CONDITIONS, USER_RMS, Mix, condition, offline_mix
+from .registry import BenchContext, Outcome, scenario
+from .report import Figure, Row
+
+RATE = speech.MIC_RATE
+SHORT_S, LONG_S, START_S = 1.0, 2.0, 0.8
+MIN_S = 0.15  # shorter labels are mostly a click or a breath
+TAIL = RATE // 10  # the window goes on 100 ms after the words (the burst's first silence)
+AT_S = (1.6, 2.6)  # into the mix: the reply has been playing for a while
+PAUSE_MS = 150.0  # the bot pauses this long after the user starts (the mesh's reaction)
+
+
+@dataclass
+class Segment:
+    track: str
+    kind: str  # "backchannel" | "turn start"
+    clip: np.ndarray  # int16 scale, at the user's level
+    clean: str  # tiny.en on the segment alone
+
+    def heard(self, x: np.ndarray, at: int) -> tuple[str, float]:
+        """tiny.en on ``x``'s barge-in window for this clip placed at ``at``, and no_speech."""
+        asr = speech.whisper()
+        text = asr.transcribe(x[max(0, at - BARGE_IN_ASR_LEAD) : at + self.clip.size + TAIL])
+        return text, asr.last_no_speech
+
+
+def segments() -> list[Segment]:
+    """Every backchannel and turn start of the labelled recordings, with its clean words."""
+    asr = speech.whisper()
+    out = []
+    for t in human_speech.tracks_or_skip():
+        for s, e in t.mine:
+            if MIN_S <= e - s <= SHORT_S:
+                kind, end = "backchannel", e
+            elif e - s >= LONG_S:
+                kind, end = "turn start", s + START_S
+            else:
+                continue
+            pcm = t.pcm[int(s * RATE) : int(end * RATE)]
+            lo = max(0, int(s * RATE) - BARGE_IN_ASR_LEAD)
+            clean = asr.transcribe(t.pcm[lo : int(end * RATE) + TAIL])
+            if interrupts(clean, asr.last_no_speech) != (kind == "turn start"):
+                continue  # a "backchannel" that takes the floor clean is a short turn
+            rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) or 1.0
+            out.append(Segment(t.name, kind, pcm * (USER_RMS / rms), clean))
+    return out
+
+
+@scenario("echo_human", "people's backchannels and turn starts over the bot's echo", order=38)
+def echo_human_scenario(ctx: BenchContext, out: Outcome) -> None:
+    found = segments()
+    rooms = [c for c in CONDITIONS if c[0] is not None][: 1 if ctx.quick else None]
+    fig = out.add(
+        Figure(
+            "echo_human",
+            "People's backchannels and turn starts over the bot's echo (offline, tiny.en)",
+            "values: Whisper's no_speech on each barge-in window; took_floor: windows the "
+            "router's words rule calls an interruption (a backchannel's should be 0, a turn "
+            "start's all)",
+            unit="p",
+            target="no backchannel takes the floor; every turn start does",
+        )
+    )
+    for echo_db, delay in rooms:
+        for aec in ("off", "server"):
+            for kind in ("backchannel", "turn start"):
+                mine = [g for g in found if g.kind == kind]
+                probs: list[float] = []
+                odd: list[list[object]] = []  # [clean, over the echo, no_speech]
+                for k, g in enumerate(mine):
+                    for at_s in AT_S:
+                        mixed = offline_mix(Mix(echo_db, delay, k, g.clip, at_s, PAUSE_MS))
+                        text, no_speech = g.heard(
+                            mixed.out if aec == "server" else mixed.mic, int(at_s * RATE)
+                        )
+                        probs.append(no_speech)
+                        if interrupts(text, no_speech) != (kind == "turn start"):
+                            odd.append([g.clean, text, round(no_speech, 2)])
+                wrong = len(odd)
+                fig.add(
+                    Row(
+                        f"{condition(echo_db, delay)}, aec {aec}: {kind}s",
+                        probs,
+                        {"echo_db": echo_db, "delay_ms": delay, "aec": aec, "set": kind},
+                        {
+                            "windows": len(probs),
+                            "took_floor": wrong if kind == "backchannel" else len(probs) - wrong,
+                            # JSON only: what was heard where the echo changed the verdict
+                            "changed": odd,
+                        },
+                    )
+                )
+                ctx.log(f"   {fig.rows[-1].label}: {wrong} of {len(probs)} changed by the echo")
+    n = {kind: sum(g.kind == kind for g in found) for kind in ("backchannel", "turn start")}
+    fig.notes.append(
+        f"{n['backchannel']} backchannels (<= {SHORT_S:g} s) and {n['turn start']} turn starts "
+        f"(the first {START_S:g} s of segments >= {LONG_S:g} s), at {len(AT_S)} moments of the "
+        "reply each"
+    )
