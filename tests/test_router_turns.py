@@ -249,13 +249,19 @@ async def test_barge_in_pauses_at_once_and_stops_on_words_after_interrupt_min() 
     assert s.turn_start == 50000 - 3200  # ASR hears the new turn from 200 ms before its onset
 
 
-async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_end() -> None:
-    """A backchannel in two bursts ("O- kay"): the second outlasts interrupt_min_ms before
-    ASR was asked about it; asked then, it hears "Okay", and the burst's end resumes."""
+async def burst_over_the_reply(head: int) -> tuple[TurnEngine, Recorder, Session]:
+    """A reply playing, speech over it from mic sample 50000, the mic ring at ``head``."""
     engine, out, s = make(interrupt_ms=30)
     await speak_turn(engine, out, s, "a long answer")
     engine.on_vad(s, vad("speech_start", 50000))
-    out.head = 56000
+    out.head = head
+    return engine, out, s
+
+
+async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_end() -> None:
+    """A backchannel in two bursts ("O- kay"): the second outlasts interrupt_min_ms before
+    ASR was asked about it; asked then, it hears "Okay", and the burst's end resumes."""
+    engine, out, s = await burst_over_the_reply(head=56000)
     out.clock.advance(0.04)
     asr_answers(engine, out, s, "Okay")
     out.clock.advance(0.5)
@@ -267,10 +273,7 @@ async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_e
 
 
 async def test_speech_past_interrupt_min_with_no_audio_to_judge_interrupts() -> None:
-    engine, out, s = make(interrupt_ms=30)
-    await speak_turn(engine, out, s, "a long answer")
-    engine.on_vad(s, vad("speech_start", 50000))
-    out.head = 50000  # the mic ring has not moved on since the onset
+    _, out, s = await burst_over_the_reply(head=50000)  # the ring stalled at the onset
     out.clock.advance(0.04)
     assert s.state == State.USER_SPEAKING
 
