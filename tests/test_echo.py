@@ -24,11 +24,15 @@ from voxmesh.actors.router.session import State
 from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts, tentative
 from voxmesh.actors.transport.echo import (
     AEC3_LATENCY,
+    APM_FRAME,
     DOMINANT_DB,
     ECHO_ONLY_DB,
+    EchoPath,
     Path,
+    Quantile,
     Reference,
     ResidualGate,
+    energy_db,
 )
 from voxmesh.bench.echo import Mix, Speakerphone, offline_mix, onsets, voiced_pass
 from voxmesh.client import MicStream, WsClient, event_is
@@ -271,6 +275,47 @@ def test_a_user_over_the_echo_passes_raw_until_the_echo_alone_explains_the_mic()
     # (it used to switch to AEC3's output, and Silero heard the word late).
     assert all(o is not None and o.any() for o in outs[:3])
     assert outs[3] is not None and not outs[3].any()  # the echo alone explains it: AEC3's
+
+
+def test_a_silent_mic_between_the_bots_words_does_not_let_the_next_words_echo_through() -> None:
+    # Seen offline (echo -10 dB, 180 ms): a client sending digital silence while the far end
+    # paused opened the gate (the mic 6 dB over a decayed envelope), and its hangover let the
+    # echo of the next words through while AEC3 had taken only 8 dB of it.
+    gate = ResidualGate(gate_db=20.0, hangover=10)
+    gate.erl = Quantile(0.5, -9.8)  # the echo's usual level, learnt
+    silence = np.zeros(160, np.int16)
+    for _ in range(3):
+        gate.choose(silence, silence, 0.0, 0.0, 3.7, True)
+    echo = np.full(160, 1000, np.int16)
+    residual = np.full(160, 400, np.int16)
+    # the echo's onset, 42 dB in with the envelope at 56: the echo alone explains it
+    assert gate.choose(echo, residual, 42.0, 35.0, 56.0, True) is None
+    # a user's first syllable still does, the mic well over the echo's usual level
+    assert gate.choose(echo, residual, 56.0 - 9.8 + DOMINANT_DB + 1, 35.0, 56.0, True) is not None
+
+
+def test_the_echo_path_starts_at_the_rooms_first_tap_not_its_strongest() -> None:
+    # A weaker first path at 100 ms and the strongest 30 ms after it: the envelope that
+    # gates the residual must follow the first, or the echo of a far-end onset arrives
+    # before the gate expects it (a bench room did this, peak 37 ms after its direct path).
+    rng = np.random.default_rng(3)
+    n = RATE * 3
+    ref = (rng.normal(0, 3000, n) * (np.sin(np.arange(n) / RATE * 2 * np.pi * 3) > -0.5)).astype(
+        np.int16
+    )
+    first, strongest = RATE * 100 // 1000, RATE * 130 // 1000
+    mic = np.zeros(n)
+    mic[first:] += 0.06 * ref[: n - first]
+    mic[strongest:] += 0.1 * ref[: n - strongest]
+    mic16 = mic.astype(np.int16)
+    path = EchoPath()
+    for i in range(0, n, APM_FRAME):
+        r, m = ref[i : i + APM_FRAME], mic16[i : i + APM_FRAME]
+        path.push(r, m, energy_db(r), energy_db(m))
+    assert path.state == Path.ECHO
+    assert path.lag is not None and path.onset_lag is not None
+    assert abs(path.lag - strongest) <= 32
+    assert abs(path.onset_lag - first) <= 32
 
 
 def test_the_reference_carries_the_silence_the_client_played_between_chunks() -> None:

@@ -76,6 +76,10 @@ PEAK_BLOCKS: Final = 2  # blocks in a row with the peak at one lag (within PEAK_
 PEAK_JITTER: Final = 32
 BAND_HZ: Final = (150.0, 6000.0)  # where speech (ours and the room's) has its phase
 PHAT_BETA: Final = 0.7  # partial whitening: bins the far end fills count a little more
+# A room's strongest tap may come after its first (the correlation's peak 37 ms after the
+# direct path, in a bench room): the echo begins at the earliest lag this close to the peak.
+ONSET_REL: Final = 0.5
+ONSET_SPAN: Final = MIC_RATE * 64 // 1000
 
 # The residual-echo gate (ResidualGate), in dB of 10 ms frame energy.
 ERL_INIT_DB: Final = 0.0  # before it has learnt: echo as loud as the far end (strict)
@@ -87,6 +91,10 @@ DOMINANT_DB: Final = 10.0  # the raw mic this far above the usual echo is the us
 LOUD_DB: Final = 20.0  # far-end frames within this of the loudest tell the echo's level
 ROOM_DECAY: Final = 10 ** (-1.5 / 10)  # per 10 ms: an RT60 of 400 ms, slower than most rooms
 AEC3_LATENCY: Final = 128  # samples AEC3's output lags its input (measured; test_echo.py)
+# A mic frame this quiet (int16 energy, ~-70 dBFS; a client's noise suppression or a test
+# sends digital silence) is nobody: it neither opens the gate nor starts raw passing, whose
+# hangover would let the next far-end onset's echo through before AEC3 has cancelled it.
+NEAR_FLOOR_DB: Final = 20.0
 
 
 class Path(Enum):
@@ -192,6 +200,7 @@ class EchoPath:
         self.lags = np.arange(-MIN_LAG, MAX_LAG + 1)
         self.state = Path.UNKNOWN
         self.lag: int | None = None  # mic samples the echo comes after the reference
+        self.onset_lag: int | None = None  # ...at the earliest: where its first tap is
         self.z = 0.0
         self._ref = np.zeros(span)
         self._mic = np.zeros(BLOCK)
@@ -249,6 +258,8 @@ class EchoPath:
         # Overturning a NONE verdict takes one more block of evidence.
         if self._peaks >= (PEAK_BLOCKS + (self.state == Path.NONE)):
             self.lag = lag
+            near = (self.lags >= lag - ONSET_SPAN) & (mag >= ONSET_REL * mag[peak])
+            self.onset_lag = int(self.lags[np.flatnonzero(near)[0]])  # the peak is one
             self.state = Path.ECHO
         elif self.z < Z_NONE and below >= CLEAR_DB:
             # No peak although an echo of the far end would fill a good part of the mic.
@@ -311,7 +322,10 @@ class ResidualGate:
     - else the frame is residual echo and is zeroed.
 
     Until an echo path is measured (``learnt`` False) only the second rule holds, with
-    ``gate_db`` replaced by the strict ``UNKNOWN_GATE_DB``."""
+    ``gate_db`` replaced by the strict ``UNKNOWN_GATE_DB``. A raw mic at the noise floor
+    (``NEAR_FLOOR_DB``) opens nothing: over 224 offline mixes (7 rooms, 32 seeds) echo alone
+    started speech in 4 before it and the onset lag (``EchoPath.onset_lag``), in none after,
+    and a user's onset was confirmed 57 / 134 ms (median / p95) against 55 / 141 ms."""
 
     def __init__(self, gate_db: float, hangover: int) -> None:
         self.gate_db = gate_db
@@ -344,6 +358,10 @@ class ResidualGate:
     ) -> np.ndarray | None:
         """The frame VAD and ASR get (None: zeroed as residual echo)."""
         late = self.delayed(raw)
+        if e_in <= NEAR_FLOOR_DB:
+            self._raw_passing = False
+            self._above = 0
+            return self._hangover(cleaned)
         above = e_in - env - self.erl.value  # the raw mic over the echo's usual level
         limit = ECHO_ONLY_DB if self._raw_passing else DOMINANT_DB
         self._raw_passing = learnt and above > limit
@@ -360,6 +378,9 @@ class ResidualGate:
         self._above = self._above + 1 if opens else 0
         if self._above >= 2:
             self._open = self.hangover + 1
+        return self._hangover(cleaned)
+
+    def _hangover(self, cleaned: np.ndarray) -> np.ndarray | None:
         if self._open:
             self._open -= 1
             return cleaned
@@ -466,9 +487,9 @@ class EchoCanceller:
 
     def _envelope(self) -> float:
         """The far-end energy (dB) the echo in this mic frame comes from: the reference
-        ``lag`` back, held with the room's decay; before the lag is known, the loudest
-        frame an echo could come from (strict)."""
-        lag = self.path.lag
+        ``onset_lag`` back, held with the room's decay; before the lag is known, the
+        loudest frame an echo could come from (strict)."""
+        lag = self.path.onset_lag
         if lag is None or self.path.state != Path.ECHO:
             self._env = max(self._ref_e)
         else:
