@@ -42,10 +42,9 @@ PAUSE_MS = 150.0  # the bot pauses this long after the user starts (the mesh's r
 
 @dataclass
 class Segment:
-    track: str
     kind: str  # "backchannel" | "turn start"
     clip: np.ndarray  # int16 scale, at the user's level
-    clean: str  # tiny.en on the segment alone
+    clean: str = ""  # tiny.en on the segment alone
 
     def heard(self, x: np.ndarray, at: int) -> tuple[str, float]:
         """tiny.en on ``x``'s barge-in window for this clip placed at ``at``, and no_speech."""
@@ -56,7 +55,6 @@ class Segment:
 
 def segments() -> list[Segment]:
     """Every backchannel and turn start of the labelled recordings, with its clean words."""
-    asr = speech.whisper()
     out = []
     for t in human_speech.tracks_or_skip():
         for s, e in t.mine:
@@ -66,13 +64,13 @@ def segments() -> list[Segment]:
                 kind, end = "turn start", s + START_S
             else:
                 continue
-            pcm = t.pcm[int(s * RATE) : int(end * RATE)]
-            lo = max(0, int(s * RATE) - BARGE_IN_ASR_LEAD)
-            clean = asr.transcribe(t.pcm[lo : int(end * RATE) + TAIL])
-            if interrupts(clean, asr.last_no_speech) != (kind == "turn start"):
-                continue  # a "backchannel" that takes the floor clean is a short turn
+            at = int(s * RATE)
+            pcm = t.pcm[at : int(end * RATE)]
             rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) or 1.0
-            out.append(Segment(t.name, kind, pcm * (USER_RMS / rms), clean))
+            g = Segment(kind, pcm * (USER_RMS / rms))
+            g.clean, no_speech = g.heard(t.pcm, at)  # the same window, on its own track
+            if interrupts(g.clean, no_speech) == (kind == "turn start"):
+                out.append(g)  # else a "backchannel" that takes the floor clean is a short turn
     return out
 
 
@@ -92,35 +90,37 @@ def echo_human_scenario(ctx: BenchContext, out: Outcome) -> None:
         )
     )
     for echo_db, delay in rooms:
-        for aec in ("off", "server"):
-            for kind in ("backchannel", "turn start"):
-                mine = [g for g in found if g.kind == kind]
-                probs: list[float] = []
-                odd: list[list[object]] = []  # [clean, over the echo, no_speech]
-                for k, g in enumerate(mine):
-                    for at_s in AT_S:
-                        mixed = offline_mix(Mix(echo_db, delay, k, g.clip, at_s, PAUSE_MS))
-                        text, no_speech = g.heard(
-                            mixed.out if aec == "server" else mixed.mic, int(at_s * RATE)
-                        )
-                        probs.append(no_speech)
-                        if interrupts(text, no_speech) != (kind == "turn start"):
-                            odd.append([g.clean, text, round(no_speech, 2)])
-                wrong = len(odd)
-                fig.add(
-                    Row(
-                        f"{condition(echo_db, delay)}, aec {aec}: {kind}s",
-                        probs,
-                        {"echo_db": echo_db, "delay_ms": delay, "aec": aec, "set": kind},
-                        {
-                            "windows": len(probs),
-                            "took_floor": wrong if kind == "backchannel" else len(probs) - wrong,
-                            # JSON only: what was heard where the echo changed the verdict
-                            "changed": odd,
-                        },
-                    )
+        # One mix per window; the raw mic is "aec off", the canceller's output "aec server".
+        heard: dict[tuple[str, str], list[tuple[Segment, str, float]]] = {}
+        for kind in ("backchannel", "turn start"):
+            for k, g in enumerate(x for x in found if x.kind == kind):
+                for at_s in AT_S:
+                    mixed = offline_mix(Mix(echo_db, delay, k, g.clip, at_s, PAUSE_MS))
+                    for aec, x in (("off", mixed.mic), ("server", mixed.out)):
+                        text, no_speech = g.heard(x, int(at_s * RATE))
+                        heard.setdefault((aec, kind), []).append((g, text, no_speech))
+        for (aec, kind), windows in sorted(heard.items()):
+            probs = [no_speech for _, _, no_speech in windows]
+            # [clean, over the echo, no_speech] where the echo changed the verdict
+            odd = [
+                [g.clean, text, round(no_speech, 2)]
+                for g, text, no_speech in windows
+                if interrupts(text, no_speech) != (kind == "turn start")
+            ]
+            wrong = len(odd)
+            fig.add(
+                Row(
+                    f"{condition(echo_db, delay)}, aec {aec}: {kind}s",
+                    probs,
+                    {"echo_db": echo_db, "delay_ms": delay, "aec": aec, "set": kind},
+                    {
+                        "windows": len(probs),
+                        "took_floor": wrong if kind == "backchannel" else len(probs) - wrong,
+                        "changed": odd,  # JSON only: what was heard where the echo changed it
+                    },
                 )
-                ctx.log(f"   {fig.rows[-1].label}: {wrong} of {len(probs)} changed by the echo")
+            )
+            ctx.log(f"   {fig.rows[-1].label}: {wrong} of {len(probs)} changed by the echo")
     n = {kind: sum(g.kind == kind for g in found) for kind in ("backchannel", "turn start")}
     fig.notes.append(
         f"{n['backchannel']} backchannels (<= {SHORT_S:g} s) and {n['turn start']} turn starts "
