@@ -155,7 +155,9 @@ async def test_a_lone_word_holds_the_reply_and_more_speech_makes_it_an_interrupt
     engine.on_vad(s, vad("speech_pause", 56000))
     asr_answers(engine, out, s, "with")
     out.clock.advance(LONE_WORD_WAIT_S / 2)
+    engine.poll_partials(s, out.clock.now())  # as the actor does every tick
     assert s.state == State.PAUSED  # neither stopped nor resumed yet
+    assert not out.asr[-1].final and out.asr[-1].end == 56000  # nor ASR asked again
     if more_speech:
         engine.on_vad(s, vad("speech_resume", 60000))
         assert s.state == State.USER_SPEAKING

@@ -75,6 +75,7 @@ class Session:
     burst_end: int | None = None  # a barge-in burst ended here: resume unless ASR hears words
     burst_over: bool = False  # ...and the VAD has ended that speech (speech_end, not a pause)
     backchannel: bool = False  # ASR heard no floor-taking words in the burst ("okay", "mm")
+    awaiting_more: bool = False  # tentative words at its silence: the lone-word wait decides
     onset_at: float = 0.0  # the engine clock at the barge-in's onset
     partial_ms: int = 0  # the client's partial transcripts: at most every N ms, 0 none
     partial_inflight_since: float = 0.0
@@ -92,3 +93,4 @@ class Session:
         self.burst_end = None
         self.burst_over = False
         self.backchannel = False
+        self.awaiting_more = False

@@ -346,7 +346,7 @@ class TurnEngine:
         none resumes."""
         if s.confirm_timer is not None:
             s.confirm_timer.cancel()
-        s.confirm_due = True
+        s.confirm_due = s.awaiting_more = True
         s.confirm_timer = self.clock.call_later(LONE_WORD_WAIT_S, self._lone_word_over, s)
 
     def _lone_word_over(self, s: Session) -> None:
@@ -487,6 +487,8 @@ class TurnEngine:
         if s.state == State.PAUSED and s.vad_speaking and now - s.onset_at >= BACKCHANNEL_MAX_S:
             self._interrupt(s, "speech for BACKCHANNEL_MAX_S")  # no backchannel is this long
             return
+        if s.state == State.PAUSED and s.awaiting_more:
+            return  # ASR has judged the burst: more speech or LONE_WORD_WAIT_S decides
         interval = self.cfg.partial_interval_ms / 1000
         stale = now - s.partial_inflight_since > 2 * interval
         if s.partial_inflight_since and not stale:
