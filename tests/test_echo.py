@@ -21,7 +21,12 @@ from speechgen import piper_wav
 from test_router_turns import asr_answers, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
-from voxmesh.actors.router.words import LONE_WORD_WAIT_S, interrupts, tentative
+from voxmesh.actors.router.words import (
+    LONE_WORD_WAIT_S,
+    RESUME_GRACE_S,
+    interrupts,
+    tentative,
+)
 from voxmesh.actors.transport.echo import (
     AEC3_LATENCY,
     APM_FRAME,
@@ -139,6 +144,7 @@ async def test_a_backchannel_during_a_reply_never_stops_it(text: str) -> None:
     engine.on_vad(s, vad("speech_pause", 56000))
     engine.on_vad(s, vad("speech_end", 56000))
     asr_answers(engine, out, s, text)
+    out.clock.advance(RESUME_GRACE_S)
     assert s.state == State.SPEAKING
     assert not [m for m in out.transport if isinstance(m, Stop)]
 

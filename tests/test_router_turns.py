@@ -20,6 +20,7 @@ from voxmesh.actors.router import turnlog
 from voxmesh.actors.router.responder import EchoResponder
 from voxmesh.actors.router.session import Reply, Session, State
 from voxmesh.actors.router.turns import TurnConfig, TurnEngine
+from voxmesh.actors.router.words import RESUME_GRACE_S
 from voxmesh.mesh.protocol import (
     AsrRequest,
     Hold,
@@ -268,6 +269,7 @@ async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_e
     assert s.state == State.PAUSED
     engine.on_vad(s, vad("speech_pause", 57000))
     asr_answers(engine, out, s, "Okay.")
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING
     assert not [m for m in out.tts if isinstance(m, Stop)]
 
@@ -296,6 +298,8 @@ async def test_false_interruption_resumes_once_asr_hears_no_words() -> None:
     assert s.state == State.PAUSED  # the burst goes to ASR first
     req = asr_answers(engine, out, s, "")
     assert (req.start, req.end, req.final) == (50000 - 3200, 52400, False)  # 200 ms lead
+    assert s.state == State.PAUSED  # not at once: more speech would be the same burst
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING
     assert any(isinstance(m, Resume) for m in out.tts)
     assert any(isinstance(m, Release) for m in out.transport)
@@ -314,6 +318,7 @@ async def test_a_cough_resumes_at_its_first_silence_not_at_the_turn_end() -> Non
     engine.on_vad(s, vad("speech_pause", 52400))  # no speech_end yet
     req = asr_answers(engine, out, s, "")
     assert (req.end, req.final) == (52400, False)
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING and any(isinstance(m, Resume) for m in out.tts)
     engine.on_vad(s, vad("speech_end", 52400))  # late: changes nothing
     assert s.state == State.SPEAKING
@@ -332,9 +337,39 @@ async def test_speech_going_on_after_a_resume_at_a_pause_pauses_again() -> None:
     engine.on_vad(s, vad("speech_start", 50000))
     engine.on_vad(s, vad("speech_pause", 52400))
     asr_answers(engine, out, s, "")
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING
     engine.on_vad(s, vad("speech_resume", 54000))  # the same VAD segment, speech again
     assert s.state == State.PAUSED
+
+
+@pytest.mark.parametrize("second", ["Wait, stop, that is not what I asked.", ""])
+async def test_speech_soon_after_a_burst_heard_as_nothing_is_the_same_burst(second: str) -> None:
+    """ "Wait, | stop, ...": tiny.en hears the canceller's "Wait," as nothing. Speech within
+    RESUME_GRACE_S keeps the bot paused, and ASR judges the whole burst at its next silence:
+    its words stop the reply with no resume in between; a second cough resumes it once."""
+    engine, out, s = make(interrupt_ms=200)
+    await speak_turn(engine, out, s, "keep talking")
+    out.transport.clear()
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", 54000))
+    asr_answers(engine, out, s, "")
+    out.clock.advance(RESUME_GRACE_S / 2)
+    engine.on_vad(s, vad("speech_resume", 56000))
+    out.head = 60000
+    out.clock.advance(RESUME_GRACE_S)  # and past interrupt_min_ms: ASR is asked again
+    engine.poll_partials(s, out.clock.now())  # as the actor does every tick
+    assert s.state == State.PAUSED
+    engine.on_vad(s, vad("speech_pause", 64000))
+    req = asr_answers(engine, out, s, second)
+    assert req.start == 50000 - 3200  # the whole burst, from its first onset
+    out.clock.advance(RESUME_GRACE_S)
+    resumes = [m for m in out.transport if isinstance(m, Release)]
+    if second:
+        assert s.state == State.USER_SPEAKING and any(isinstance(m, Stop) for m in out.tts)
+        assert not resumes
+    else:
+        assert s.state == State.SPEAKING and len(resumes) == 1
 
 
 async def test_words_at_a_pause_interrupt_and_the_turn_waits_for_its_end() -> None:
@@ -443,6 +478,7 @@ async def burst_heard_as_nothing(
     engine.on_vad(s, vad("speech_start", onset))
     engine.on_vad(s, vad("speech_pause", pause))
     asr_answers(engine, out, s, "")
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING  # resumed
     return engine, out, s
 
@@ -528,6 +564,7 @@ async def test_a_backchannel_soon_after_the_turn_lets_the_reply_play(heard: str)
     engine.on_vad(s, vad("speech_pause", 30000))
     engine.on_vad(s, vad("speech_end", 30000))
     asr_answers(engine, out, s, heard)
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING and any(isinstance(m, Resume) for m in out.tts)
 
 
@@ -553,6 +590,7 @@ async def test_filler_sounds_heard_during_pause_do_not_interrupt(text: str) -> N
     engine.on_vad(s, vad("speech_pause", 52400))
     engine.on_vad(s, vad("speech_end", 52400))
     asr_answers(engine, out, s, text)
+    out.clock.advance(RESUME_GRACE_S)  # no more speech: the reply resumes
     assert s.state == State.SPEAKING  # resumed: a backchannel, not a turn
 
 

@@ -76,6 +76,7 @@ class Session:
     burst_over: bool = False  # ...and the VAD has ended that speech (speech_end, not a pause)
     backchannel: bool = False  # ASR heard no floor-taking words in the burst ("okay", "mm")
     awaiting_more: bool = False  # tentative words at its silence: the lone-word wait decides
+    resume_timer: Timer | None = None  # heard as nothing: the reply resumes when it runs out
     onset_at: float = 0.0  # the engine clock at the barge-in's onset
     partial_ms: int = 0  # the client's partial transcripts: at most every N ms, 0 none
     partial_inflight_since: float = 0.0
@@ -89,6 +90,9 @@ class Session:
         if self.confirm_timer is not None:
             self.confirm_timer.cancel()
             self.confirm_timer = None
+        if self.resume_timer is not None:
+            self.resume_timer.cancel()
+            self.resume_timer = None
         self.confirm_due = False
         self.burst_end = None
         self.burst_over = False

@@ -4,7 +4,8 @@ listening -> user_speaking -> thinking -> speaking -> listening, and speaking ->
 speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a STOP when
 ASR hears words that take the floor in it (asked at its first silence, or after
 ``interrupt_min_ms`` of speech), when speech comes back after ``interrupt_min_ms``, or after
-BACKCHANNEL_MAX_S of it; a RESUME + RELEASE if the noise ends first. The end of a user turn
+BACKCHANNEL_MAX_S of it; a RESUME + RELEASE if the noise ends first (RESUME_GRACE_S after ASR
+heard nothing in it). The end of a user turn
 is transcribed speculatively at the first silence, and the reply is synthesized under HOLD
 while the VAD confirms the end, so the first frame is ready the moment the turn is confirmed.
 """
@@ -48,6 +49,7 @@ from .turnlog import TurnRecord
 from .words import (
     BACKCHANNEL_MAX_S,
     LONE_WORD_WAIT_S,
+    RESUME_GRACE_S,
     ends_mid_sentence,
     goes_on,
     interrupts,
@@ -243,7 +245,9 @@ class TurnEngine:
             self._set_state(s, State.PAUSED)
         elif s.state == State.PAUSED:  # speech again before the last burst was judged
             s.burst_end = None
-            if s.confirm_due:
+            if s.resume_timer is not None:
+                self._burst_goes_on(s)
+            elif s.confirm_due:
                 self._interrupt(s, "speech again after interrupt_min_ms")
         elif s.state == State.THINKING:
             # The user went on talking before the reply played: drop it, keep the turn whole;
@@ -291,7 +295,10 @@ class TurnEngine:
 
     def _speech_resume(self, s: Session, ev: VadEvent) -> None:
         s.vad_speaking = True
-        if s.state == State.PAUSED and s.confirm_due:
+        if s.state == State.PAUSED and s.resume_timer is not None:
+            s.burst_end = None
+            self._burst_goes_on(s)
+        elif s.state == State.PAUSED and s.confirm_due:
             self._interrupt(s, "speech again after interrupt_min_ms")
         elif s.state == State.PAUSED:
             s.burst_end = None  # the burst goes on: no resume on its first silence
@@ -348,6 +355,23 @@ class TurnEngine:
             s.confirm_timer.cancel()
         s.confirm_due = s.awaiting_more = True
         s.confirm_timer = self.clock.call_later(LONE_WORD_WAIT_S, self._lone_word_over, s)
+
+    def _resume_soon(self, s: Session) -> None:
+        """Heard as nothing at the burst's silence: resume after RESUME_GRACE_S of it."""
+        s.resume_timer = self.clock.call_later(RESUME_GRACE_S, self._grace_over, s)
+
+    def _grace_over(self, s: Session) -> None:
+        s.resume_timer = None
+        if s.state == State.PAUSED and not s.vad_speaking:
+            self._resume(s)
+
+    @staticmethod
+    def _burst_goes_on(s: Session) -> None:
+        """Speech within RESUME_GRACE_S of a burst heard as nothing: the same burst, judged
+        whole (ASR from its first onset) at its next silence."""
+        assert s.resume_timer is not None
+        s.resume_timer.cancel()
+        s.resume_timer = None
 
     def _lone_word_over(self, s: Session) -> None:
         s.confirm_timer = None
@@ -441,7 +465,7 @@ class TurnEngine:
             elif s.burst_end is not None and tentative(tr.text, tr.no_speech):
                 self._await_more(s)
             elif s.burst_end is not None:
-                self._resume(s)
+                self._resume_soon(s)
             else:
                 # No words that take the floor so far ("okaaay", "mm-hmm", a hum): the burst's
                 # end resumes the reply, BACKCHANNEL_MAX_S of it stops it (poll_partials).
@@ -487,8 +511,8 @@ class TurnEngine:
         if s.state == State.PAUSED and s.vad_speaking and now - s.onset_at >= BACKCHANNEL_MAX_S:
             self._interrupt(s, "speech for BACKCHANNEL_MAX_S")  # no backchannel is this long
             return
-        if s.state == State.PAUSED and s.awaiting_more:
-            return  # ASR has judged the burst: more speech or LONE_WORD_WAIT_S decides
+        if s.state == State.PAUSED and (s.awaiting_more or s.resume_timer is not None):
+            return  # ASR has judged the burst: more speech or a timer decides
         interval = self.cfg.partial_interval_ms / 1000
         stale = now - s.partial_inflight_since > 2 * interval
         if s.partial_inflight_since and not stale:

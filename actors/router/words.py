@@ -64,6 +64,11 @@ FLOOR_WORDS = frozenset(
 # (bench/echo_human.py, docs/turn-taking.md).
 NO_SPEECH_WORD = 0.5
 LONE_WORD_WAIT_S = 0.5
+# A burst heard as nothing resumes the reply after this much more silence; speech in it is
+# the same burst going on ("Wait, | stop": tiny.en hears the canceller's "Wait," as nothing),
+# judged whole at its next silence, so the bot does not play on over the user for a moment.
+# Through the mesh, espeak's comma brought the speech back 169 ms after ASR's answer.
+RESUME_GRACE_S = 0.25
 # A barge-in ASR keeps hearing only backchannels in is still an interruption after this.
 BACKCHANNEL_MAX_S = 1.5
 
