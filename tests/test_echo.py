@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from meshproc import MeshProc, mesh_up
 from speechgen import piper_wav
-from test_router_turns import asr_answers, make, speak_turn, vad
+from test_router_turns import asr_answers, burst_judged, make, speak_turn, vad
 
 from voxmesh.actors.router.session import State
 from voxmesh.actors.router.words import (
@@ -154,12 +154,7 @@ async def test_a_lone_word_holds_the_reply_and_more_speech_makes_it_an_interrupt
     more_speech: bool,
 ) -> None:
     # "with": what tiny.en made of a "Wait," over the reply after the echo canceller.
-    engine, out, s = make(interrupt_ms=30)
-    await speak_turn(engine, out, s, "a long answer")
-    out.transport.clear()
-    engine.on_vad(s, vad("speech_start", 50000))
-    engine.on_vad(s, vad("speech_pause", 56000))
-    asr_answers(engine, out, s, "with")
+    engine, out, s = await burst_judged("with", 56000, interrupt_ms=30)
     out.clock.advance(LONE_WORD_WAIT_S / 2)
     engine.poll_partials(s, out.clock.now())  # as the actor does every tick
     assert s.state == State.PAUSED  # neither stopped nor resumed yet

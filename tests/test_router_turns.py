@@ -259,6 +259,20 @@ async def burst_over_the_reply(head: int) -> tuple[TurnEngine, Recorder, Session
     return engine, out, s
 
 
+async def burst_judged(
+    heard: str, pause: int, interrupt_ms: int
+) -> tuple[TurnEngine, Recorder, Session]:
+    """A reply playing; speech over it from mic sample 50000 to a silence at ``pause``, where
+    ASR hears ``heard`` in it (what went to the transport before the burst is cleared)."""
+    engine, out, s = make(interrupt_ms=interrupt_ms)
+    await speak_turn(engine, out, s, "a long answer")
+    out.transport.clear()
+    engine.on_vad(s, vad("speech_start", 50000))
+    engine.on_vad(s, vad("speech_pause", pause))
+    asr_answers(engine, out, s, heard)
+    return engine, out, s
+
+
 async def test_speech_past_interrupt_min_heard_as_a_backchannel_resumes_at_its_end() -> None:
     """A backchannel in two bursts ("O- kay"): the second outlasts interrupt_min_ms before
     ASR was asked about it; asked then, it hears "Okay", and the burst's end resumes."""
@@ -348,12 +362,7 @@ async def test_speech_soon_after_a_burst_heard_as_nothing_is_the_same_burst(seco
     """ "Wait, | stop, ...": tiny.en hears the canceller's "Wait," as nothing. Speech within
     RESUME_GRACE_S keeps the bot paused, and ASR judges the whole burst at its next silence:
     its words stop the reply with no resume in between; a second cough resumes it once."""
-    engine, out, s = make(interrupt_ms=200)
-    await speak_turn(engine, out, s, "keep talking")
-    out.transport.clear()
-    engine.on_vad(s, vad("speech_start", 50000))
-    engine.on_vad(s, vad("speech_pause", 54000))
-    asr_answers(engine, out, s, "")
+    engine, out, s = await burst_judged("", 54000, interrupt_ms=200)
     out.clock.advance(RESUME_GRACE_S / 2)
     engine.on_vad(s, vad("speech_resume", 56000))
     out.head = 60000
