@@ -75,14 +75,14 @@ def echo_barge_scenario(ctx: BenchContext, out: Outcome) -> None:
     reactions: dict[str, list[float]] = {k: [] for k in conditions}
     stopped = dict.fromkeys(conditions, 0)
     # More than one clear: the bot paused, played on over the user, and paused again.
-    flapped = dict.fromkeys(conditions, 0)
+    paused_again = dict.fromkeys(conditions, 0)
     for seed in range(n):
         for name, (echo_db, delay) in conditions.items():  # alternated, seed by seed
             trial = asyncio.run(
                 mesh_trial(mesh.ws_url, "server", "interrupt", echo_db, delay, seed)
             )
             stopped[name] += trial.stopped
-            flapped[name] += trial.clears > 1
+            paused_again[name] += trial.clears > 1
             if trial.reaction_ms is not None:
                 reactions[name].append(trial.reaction_ms)
             reaction = "-" if trial.reaction_ms is None else f"{trial.reaction_ms:.0f} ms"
@@ -97,7 +97,7 @@ def echo_barge_scenario(ctx: BenchContext, out: Outcome) -> None:
                 f"{name}: reaction",
                 reactions[name],
                 {"echo_db": echo_db, "delay_ms": delay, "stage": "mesh"},
-                {"interrupts": n, "stopped": stopped[name], "paused_again": flapped[name]},
+                {"interrupts": n, "stopped": stopped[name], "paused_again": paused_again[name]},
             )
         )
     offline = [offline_onsets(seed) for seed in range(n)]

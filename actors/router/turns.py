@@ -5,9 +5,9 @@ speech onset: PAUSE (tts) + HOLD (transport) go out at once; the pause becomes a
 ASR hears words that take the floor in it (asked at its first silence, or after
 ``interrupt_min_ms`` of speech), when speech comes back after ``interrupt_min_ms``, or after
 BACKCHANNEL_MAX_S of it; a RESUME + RELEASE if the noise ends first (RESUME_GRACE_S after ASR
-heard nothing in it). The end of a user turn
-is transcribed speculatively at the first silence, and the reply is synthesized under HOLD
-while the VAD confirms the end, so the first frame is ready the moment the turn is confirmed.
+heard nothing in it). The end of a user turn is transcribed speculatively at the first
+silence, and the reply is synthesized under HOLD while the VAD confirms the end, so the first
+frame is ready the moment the turn is confirmed.
 """
 
 from __future__ import annotations
