@@ -276,6 +276,11 @@ class TtsSettings:
     level_dbfs: float = setting(
         -23.0, "every voice is levelled to this speech RMS, so a swap keeps the volume", high=0
     )
+    steady: bool = setting(
+        False,
+        "engines that sample (Piper's noise_scale and noise_w) speak without that noise: the "
+        "same text, the same audio, a little flatter",
+    )
     actors: tuple[TtsActorSettings, ...] = setting(
         (),
         "[[tts.actors]] tables (name, engine, device, voice, preload, resident_max); none: "

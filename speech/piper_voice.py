@@ -91,7 +91,8 @@ class PiperSpeaker:
         if providers[0] != CPU and self.provider != CUDA:
             # onnxruntime falls back to the CPU by itself when CUDA cannot start.
             why = f"device {device} asked but {CUDA} did not start (CUDA or cuDNN libraries?)"
-        log.info("piper %s on %s: %s", self.model_path.stem, self.provider, why)
+        steady = " (steady: no sampling noise)" if noise_scale == 0 and noise_w_scale == 0 else ""
+        log.info("piper %s on %s: %s%s", self.model_path.stem, self.provider, why, steady)
         self.native_rate = config.sample_rate
         self.syn_config = SynthesisConfig(
             length_scale=length_scale,

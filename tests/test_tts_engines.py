@@ -151,6 +151,17 @@ def test_level_matching_can_be_turned_off() -> None:
     assert isinstance(voice, EspeakVoice) and voice.provider == "espeak-ng"
 
 
+def test_a_steady_piper_says_a_text_the_same_way_every_time() -> None:
+    """`tts.steady`: Piper's sampling noise off, so a reply's audio depends on its text alone
+    (the mesh tests that transcribe Piper's replies use it)."""
+    pytest.importorskip("piper")
+    text = "My brother plays the guitar every evening."
+    steady = adapters.engine("piper", steady=True).load("joe")
+    assert np.array_equal(said(steady, text), said(steady, text))
+    noisy = adapters.engine("piper").load("joe")  # the default: sampled afresh each time
+    assert not np.array_equal(said(noisy, text), said(noisy, text))
+
+
 @dataclass
 class Loaded:
     piper: LevelMatched

@@ -61,7 +61,11 @@ class TtsActor(Actor):
         self.segment_name = place.segment
         # Resolve the engine now: a bad engine name fails at build, not at the first SPEAK.
         self.engine = make_engine(
-            own.engine, voice=own.voice, device=own.device, level_dbfs=cfg.level_dbfs
+            own.engine,
+            voice=own.voice,
+            device=own.device,
+            level_dbfs=cfg.level_dbfs,
+            steady=cfg.steady,
         )
         self.models = ModelManager(
             self.engine,

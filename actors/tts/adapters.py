@@ -179,6 +179,7 @@ class EngineOptions:
     voice: str = ""  # the default voice; empty: the engine's own default
     device: str = "cpu"  # "cpu" or a GPU index as the user wrote it ("0", "1")
     level_dbfs: float | None = -23.0  # speech level every voice is matched to; None: off
+    steady: bool = False  # no sampling noise (Piper): the same text gives the same audio
 
 
 def _mock_engine(opts: EngineOptions) -> Engine:
@@ -205,6 +206,8 @@ def _piper_engine(opts: EngineOptions) -> Engine:
             None if voice == PIPER_DEFAULT else voice,
             device=opts.device,
             normalize=opts.level_dbfs is None,
+            noise_scale=0.0 if opts.steady else None,
+            noise_w_scale=0.0 if opts.steady else None,
         )
 
     return Engine(
@@ -263,15 +266,21 @@ ENGINES: dict[str, Callable[[EngineOptions], Engine]] = {
 
 
 def engine(
-    name: str, *, voice: str = "", device: str = "cpu", level_dbfs: float | None = -23.0
+    name: str,
+    *,
+    voice: str = "",
+    device: str = "cpu",
+    level_dbfs: float | None = -23.0,
+    steady: bool = False,
 ) -> Engine:
     """The engine ``name`` with default voice ``voice`` on ``device`` ("cpu", or a GPU index:
     the supervisor pins CUDA_VISIBLE_DEVICES to it, so in the process it is CUDA device 0),
-    its voices matched to ``level_dbfs``; EngineUnavailable if it cannot run here."""
+    its voices matched to ``level_dbfs``, without sampling noise if ``steady``;
+    EngineUnavailable if it cannot run here."""
     builder = ENGINES.get(name)
     if builder is None:
         raise EngineUnavailable(f"unknown TTS engine {name!r}; known: {', '.join(ENGINES)}")
     owner, bare = split_voice(voice)
     if owner and owner != name:
         raise EngineUnavailable(f"default voice {voice!r} is not one of engine {name!r}")
-    return builder(EngineOptions(voice=bare, device=device, level_dbfs=level_dbfs))
+    return builder(EngineOptions(voice=bare, device=device, level_dbfs=level_dbfs, steady=steady))
