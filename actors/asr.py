@@ -192,12 +192,13 @@ class AsrActor(Actor):
             audio = entry[1].span(req.start, req.end)
             t0 = time.perf_counter()
             self.busy = True
-            no_speech = 0.0
+            no_speech = logprob = 0.0
             remembered = False
             try:
                 text = await asyncio.to_thread(self.asr.transcribe, audio)
                 # One request at a time, so these are the call's (an ASR without it: unknown).
                 no_speech = float(getattr(self.asr, "last_no_speech", 0.0))
+                logprob = float(getattr(self.asr, "last_logprob", 0.0))
                 remembered = self.asr.last_timing.remembered
             except Exception:  # a model failure must not kill the actor
                 log.exception("%s: transcription failed", self.name)
@@ -221,6 +222,7 @@ class AsrActor(Actor):
                     end=req.end,
                     elapsed_ms=elapsed_ms,
                     no_speech=no_speech,
+                    logprob=logprob,
                     remembered=remembered,
                 )
             )

@@ -12,8 +12,8 @@ reply's echo by bench/echo.py's offline speakerphone (three rooms, two moments i
 the bot pausing 150 ms after the user starts, as it does through the mesh). It goes through
 the server's canceller (``aec server``) or not (``aec off``: the raw mic). tiny.en hears the
 router's barge-in window (200 ms before the onset to 100 ms after the end), and the router's
-rule (actors/router/words.py ``interrupts``, with Whisper's no_speech) decides whether the
-words take the floor. Counted per room: backchannels the echo turns into a stop, and turn
+rule (actors/router/words.py ``interrupts``, with Whisper's no_speech and log-probability)
+decides whether the words take the floor. Counted per room: backchannels the echo turns into a stop, and turn
 starts that still take the floor. Offline, no mesh; the recordings as turns_human fetches
 them.
 """
@@ -21,6 +21,7 @@ them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,17 +41,30 @@ AT_S = (1.6, 2.6)  # into the mix: the reply has been playing for a while
 PAUSE_MS = 150.0  # the bot pauses this long after the user starts (the mesh's reaction)
 
 
+class Heard(NamedTuple):
+    """What tiny.en made of one barge-in window, as the ASR actor's TRANSCRIPT carries it."""
+
+    text: str
+    no_speech: float
+    logprob: float
+
+    @property
+    def interrupts(self) -> bool:
+        """The router's words rule on it."""
+        return interrupts(self.text, self.no_speech, self.logprob)
+
+
 @dataclass
 class Segment:
     kind: str  # "backchannel" | "turn start"
     clip: np.ndarray  # int16 scale, at the user's level
     clean: str = ""  # tiny.en on the segment alone
 
-    def heard(self, x: np.ndarray, at: int) -> tuple[str, float]:
-        """tiny.en on ``x``'s barge-in window for this clip placed at ``at``, and no_speech."""
+    def heard(self, x: np.ndarray, at: int) -> Heard:
+        """tiny.en on ``x``'s barge-in window for this clip placed at ``at``."""
         asr = speech.whisper()
         text = asr.transcribe(x[max(0, at - BARGE_IN_ASR_LEAD) : at + self.clip.size + TAIL])
-        return text, asr.last_no_speech
+        return Heard(text, asr.last_no_speech, asr.last_logprob)
 
 
 def segments() -> list[Segment]:
@@ -68,8 +82,9 @@ def segments() -> list[Segment]:
             pcm = t.pcm[at : int(end * RATE)]
             rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) or 1.0
             g = Segment(kind, pcm * (USER_RMS / rms))
-            g.clean, no_speech = g.heard(t.pcm, at)  # the same window, on its own track
-            if interrupts(g.clean, no_speech) == (kind == "turn start"):
+            clean = g.heard(t.pcm, at)  # the same window, on its own track
+            g.clean = clean.text
+            if clean.interrupts == (kind == "turn start"):
                 out.append(g)  # else a "backchannel" that takes the floor clean is a short turn
     return out
 
@@ -91,21 +106,20 @@ def echo_human_scenario(ctx: BenchContext, out: Outcome) -> None:
     )
     for echo_db, delay in rooms:
         # One mix per window; the raw mic is "aec off", the canceller's output "aec server".
-        heard: dict[tuple[str, str], list[tuple[Segment, str, float]]] = {}
+        heard: dict[tuple[str, str], list[tuple[Segment, Heard]]] = {}
         for kind in ("backchannel", "turn start"):
             for k, g in enumerate(x for x in found if x.kind == kind):
                 for at_s in AT_S:
                     mixed = offline_mix(Mix(echo_db, delay, k, g.clip, at_s, PAUSE_MS))
                     for aec, x in (("off", mixed.mic), ("server", mixed.out)):
-                        text, no_speech = g.heard(x, int(at_s * RATE))
-                        heard.setdefault((aec, kind), []).append((g, text, no_speech))
+                        heard.setdefault((aec, kind), []).append((g, g.heard(x, int(at_s * RATE))))
         for (aec, kind), windows in sorted(heard.items()):
-            probs = [no_speech for _, _, no_speech in windows]
-            # [clean, over the echo, no_speech] where the echo changed the verdict
+            probs = [h.no_speech for _, h in windows]
+            # [clean, over the echo, no_speech, logprob] where the echo changed the verdict
             odd = [
-                [g.clean, text, round(no_speech, 2)]
-                for g, text, no_speech in windows
-                if interrupts(text, no_speech) != (kind == "turn start")
+                [g.clean, h.text, round(h.no_speech, 2), round(h.logprob, 2)]
+                for g, h in windows
+                if h.interrupts != (kind == "turn start")
             ]
             wrong = len(odd)
             fig.add(

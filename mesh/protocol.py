@@ -414,6 +414,7 @@ class Transcript(Message):
     end: int
     elapsed_ms: float = 0.0
     no_speech: float = 0.0  # Whisper's no-speech probability of the window (0: not known)
+    logprob: float = 0.0  # Whisper's mean token log-probability of ``text`` (0: not known)
     remembered: bool = False  # answered from the ASR's memory of this window, not the model
 
 

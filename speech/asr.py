@@ -100,8 +100,10 @@ class WhisperAsr:
         self.no_speech_alone = no_speech_alone
         self.last_timing = AsrTiming()
         self.last_no_speech = 0.0  # of the last transcribe(): its least speech-like window
+        # ...and the mean token log-probability of its least sure window with text (0: none)
+        self.last_logprob = 0.0
         self._lock = threading.Lock()
-        self._memo: OrderedDict[tuple[bytes, bool], tuple[str, float]] = OrderedDict()
+        self._memo: OrderedDict[tuple[bytes, bool], tuple[str, float, float]] = OrderedDict()
         self.memo_size = memo_size  # 0: every call runs the model (benches that time it)
         self.remembered = 0  # transcribe() calls answered from the memo
 
@@ -127,17 +129,18 @@ class WhisperAsr:
                 self.remembered += 1
         if known is not None:
             self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE, remembered=True)
-            text, self.last_no_speech = known
+            text, self.last_no_speech, self.last_logprob = known
             return text
         text = self._transcribe(x, full)
         with self._lock:
-            self._memo[key] = (text, self.last_no_speech)
+            self._memo[key] = (text, self.last_no_speech, self.last_logprob)
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
         return text
 
     def _transcribe(self, x: np.ndarray, full: bool) -> str:
         self.last_no_speech = 1.0  # raised by each window decoded, below
+        self.last_logprob = 0.0  # lowered by each window with text
         if x.size < MIN_AUDIO_S * SAMPLE_RATE:
             self.last_timing = AsrTiming(audio_s=x.size / SAMPLE_RATE)
             return ""
@@ -205,7 +208,10 @@ class WhisperAsr:
         self.last_no_speech = max(self.last_no_speech, float(nsp))
         if nsp > self.no_speech_alone or (nsp > self.no_speech_threshold and avg_logprob < -1):
             return ""
-        return trim_repetition(str(self._tok.decode(tokens)).strip())
+        text = trim_repetition(str(self._tok.decode(tokens)).strip())
+        if text:
+            self.last_logprob = min(self.last_logprob, float(avg_logprob))
+        return text
 
 
 _END = (".", "?", "!")

@@ -224,6 +224,22 @@ def test_words_in_what_whisper_calls_silence_do_not_take_the_floor_but_may_start
     assert not tentative("Mm-hmm.", 0.6)  # no word at all: the burst's end resumes
 
 
+def test_words_whisper_half_calls_silence_and_decodes_unsurely_do_not_take_the_floor() -> None:
+    # What tiny.en wrote for espeak's "Mm-hmm." over the reply after the canceller, with its
+    # no_speech and mean log-probability (bench/echo_human.py's rooms): each stopped the bot.
+    for heard, no_speech, logprob in (
+        ("It's not the same.", 0.34, -1.93),
+        ("and at the moment.", 0.35, -0.71),
+        ("I meant bim-", 0.41, -1.39),
+    ):
+        assert not interrupts(heard, no_speech, logprob), heard
+        assert tentative(heard, no_speech, logprob), heard  # more speech soon would interrupt
+    # Either score alone is not doubt: a turn start over the echo is often one or the other.
+    assert interrupts("It's not the same.", 0.34, -0.3)
+    assert interrupts("It's not the same.", 0.2, -1.93)
+    assert Transcript(session="s", turn=1, text="", final=False, end=0).logprob == 0.0
+
+
 def test_the_speakerphone_room_delays_the_echo_and_keeps_its_level() -> None:
     from voxmesh.bench.echo import room_response
 

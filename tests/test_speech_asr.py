@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from speechgen import RATE, espeak_pcm, have_espeak, pad_silence, piper_wav
 
+from voxmesh.actors.router.words import doubted
 from voxmesh.actors.vad import segmenter
 from voxmesh.mesh.settings import VadSettings
 from voxmesh.speech.asr import MAX_FRAMES, WhisperAsr, trim_repetition
@@ -60,6 +61,22 @@ def test_empty_or_too_short_audio_gives_nothing(asr: WhisperAsr, n: int) -> None
 def test_silence_and_faint_noise_give_nothing(asr: WhisperAsr, noise: float) -> None:
     audio = np.random.default_rng(7).normal(0.0, noise, 32000).astype(np.float32)
     assert asr.transcribe(audio) == ""  # tiny.en alone says "you" here
+
+
+def test_clear_speech_is_decoded_surely_and_a_remembered_window_keeps_its_scores(
+    asr: WhisperAsr,
+) -> None:
+    """The scores the router's barge-in rule reads (actors/router/words.py ``doubted``)."""
+    speech = pad_silence(piper_wav(SENTENCES[0])[0], 0.2, 0.3)
+    assert asr.transcribe(speech)
+    no_speech, logprob = asr.last_no_speech, asr.last_logprob
+    assert no_speech < 0.3 and -0.6 < logprob < 0.0, (no_speech, logprob)
+    assert not doubted(no_speech, logprob)
+    assert asr.transcribe(np.zeros(32000, np.float32)) == ""
+    assert asr.last_logprob == 0.0  # no text: nothing decoded to doubt
+    asr.transcribe(speech)
+    assert asr.last_timing.remembered
+    assert (asr.last_no_speech, asr.last_logprob) == (no_speech, logprob)
 
 
 def test_partial_uses_the_same_path(asr: WhisperAsr) -> None:

@@ -127,10 +127,11 @@ def barge_in(record: TurnRecord | None, action: str, session: str, why: str) -> 
         record.barge_in(action)
 
 
-def barge_in_heard(session: str, text: str, no_speech: float) -> None:
+def barge_in_heard(session: str, text: str, no_speech: float, logprob: float) -> None:
     """What ASR made of speech over a reply (it decides: words stop the bot)."""
     log.debug(
-        "barge-in session=%s: ASR heard %r (no_speech %.2f)", session, text[:TEXT_MAX], no_speech
+        "barge-in session=%s: ASR heard %r (no_speech %.2f, logprob %.2f)",
+        *(session, text[:TEXT_MAX], no_speech, logprob),
     )
 
 

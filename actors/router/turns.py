@@ -458,11 +458,13 @@ class TurnEngine:
                 self.out.event(s, ev.as_dict())
             if s.state != State.PAUSED:
                 return
-            turnlog.barge_in_heard(s.id, tr.text, tr.no_speech)
-            if interrupts(tr.text, tr.no_speech) or (self._just_answered(s) and goes_on(tr.text)):
+            turnlog.barge_in_heard(s.id, tr.text, tr.no_speech, tr.logprob)
+            if interrupts(tr.text, tr.no_speech, tr.logprob) or (
+                self._just_answered(s) and goes_on(tr.text)
+            ):
                 # ASR hears words: not a cough, not a backchannel
                 self._interrupt(s, f"heard {tr.text[: turnlog.TEXT_MAX]!r}")
-            elif s.burst_end is not None and tentative(tr.text, tr.no_speech):
+            elif s.burst_end is not None and tentative(tr.text, tr.no_speech, tr.logprob):
                 self._await_more(s)
             elif s.burst_end is not None:
                 self._resume_soon(s)

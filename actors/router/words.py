@@ -63,6 +63,12 @@ FLOOR_WORDS = frozenset(
 # (``tentative``). Measured on people's backchannels and turn starts over the bot's echo
 # (bench/echo_human.py, docs/turn-taking.md).
 NO_SPEECH_WORD = 0.5
+# Nor do words from a window Whisper half calls silence and decodes unsurely: its
+# hallucinations over a hum ("And then for me.", "It's not the same." for espeak's "Mm-hmm."
+# after the canceller: no_speech 0.21-0.44, mean log-probability -0.65 to -1.93). A turn start
+# heard so goes on, and its next words or BACKCHANNEL_MAX_S stop the bot (docs/turn-taking.md).
+DOUBT_NO_SPEECH = 0.3
+DOUBT_LOGPROB = -0.6
 LONE_WORD_WAIT_S = 0.5
 # A burst heard as nothing resumes the reply after this much more silence; speech in it is
 # the same burst going on ("Wait, | stop": tiny.en hears the canceller's "Wait," as nothing),
@@ -73,11 +79,17 @@ RESUME_GRACE_S = 0.25
 BACKCHANNEL_MAX_S = 1.5
 
 
-def interrupts(text: str, no_speech: float = 0.0) -> bool:
+def doubted(no_speech: float, logprob: float = 0.0) -> bool:
+    """Does Whisper doubt the words it heard: a window it calls likely silence, or half
+    calls silence and decodes unsurely?"""
+    return no_speech >= NO_SPEECH_WORD or (no_speech >= DOUBT_NO_SPEECH and logprob < DOUBT_LOGPROB)
+
+
+def interrupts(text: str, no_speech: float = 0.0, logprob: float = 0.0) -> bool:
     """Do these words, heard over the bot, take the floor? Backchannels, fillers and words
-    that say nothing alone do not; a lone other word only if it is a FLOOR_WORD; none in a
-    window Whisper calls likely silence."""
-    if no_speech >= NO_SPEECH_WORD:
+    that say nothing alone do not; a lone other word only if it is a FLOOR_WORD; none that
+    Whisper doubts (``doubted``)."""
+    if doubted(no_speech, logprob):
         return False
     words = _content(text)
     if len(words) == 1:
@@ -85,11 +97,11 @@ def interrupts(text: str, no_speech: float = 0.0) -> bool:
     return len(words) > 1
 
 
-def tentative(text: str, no_speech: float = 0.0) -> bool:
+def tentative(text: str, no_speech: float = 0.0, logprob: float = 0.0) -> bool:
     """Words that do not take the floor but may start a sentence that does: one word that is
-    not a FLOOR_WORD ("with" for a "Wait," after the echo canceller, "Bye."), or any in a
-    window Whisper calls likely silence. More speech soon after them interrupts."""
-    return bool(_content(text)) and not interrupts(text, no_speech)
+    not a FLOOR_WORD ("with" for a "Wait," after the echo canceller, "Bye."), or any Whisper
+    doubts. More speech soon after them interrupts."""
+    return bool(_content(text)) and not interrupts(text, no_speech, logprob)
 
 
 def goes_on(text: str) -> bool:
