@@ -44,8 +44,8 @@ NOISE_DBFS = -70.0  # under the silenced parts, so Silero never sees exact zeros
 FLOOR_LEAD_S = 0.3  # another speaker's turn may begin this much before Silero's pause
 # [vad] settings over the mesh's defaults, one policy each
 POLICIES: dict[str, dict[str, Any]] = {
-    "smart-turn, words 500 ms": {"turn_model": "smart-turn", "words_silence_ms": 500},
     "smart-turn, words 300 ms": {"turn_model": "smart-turn", "words_silence_ms": 300},
+    "smart-turn, words 200 ms": {"turn_model": "smart-turn", "words_silence_ms": 200},
     "off, 250 ms": {"turn_model": "off", "min_silence_ms": 250},
 }
 

@@ -184,7 +184,7 @@ class VadSettings:
         100, "silence that ends a turn the turn model calls complete", low=0
     )
     words_silence_ms: int = setting(
-        300,
+        200,
         "silence that ends a turn the turn model calls incomplete but whose words end a "
         "sentence (the router's TURN_WORDS)",
         low=0,

@@ -35,17 +35,16 @@ def finished_words(_track: str, _start: int, _end: int) -> str:
     return "I went home."  # ...over words that end a sentence
 
 
-def test_words_300_cuts_a_480_ms_pause_that_words_500_waits_through() -> None:
-    # 1 s of speech, a 480 ms pause, 1 s more, then the recording's end
+def test_words_200_cuts_a_288_ms_pause_that_words_300_waits_through() -> None:
+    # 1 s of speech, a 288 ms pause, 1 s more, then the recording's end
     track = Track("t", "read", np.zeros(1))
-    p = probs((0.9, 992), (0.05, 480), (0.9, 992), (0.05, 1504))
-    short = pauses(track, p, POLICIES["smart-turn, words 300 ms"], unfinished, finished_words)
-    long = pauses(track, p, POLICIES["smart-turn, words 500 ms"], unfinished, finished_words)
-    assert [(x.label, x.silence_ms) for x in short] == [("within", 480), ("end", None)]
-    assert [x.ended_ms for x in short] == [320, 320]  # ten chunks: the first >= 300 ms
-    assert [x.heard_in for x in short] == [True, False]  # 480 > 320 + the reply's 100 ms
-    assert [x.ended_ms for x in long] == [None, 512]  # back at 480, before 500
-    assert not any(x.heard_in for x in long)
+    p = probs((0.9, 992), (0.05, 288), (0.9, 992), (0.05, 1504))
+    short = pauses(track, p, POLICIES["smart-turn, words 200 ms"], unfinished, finished_words)
+    long = pauses(track, p, POLICIES["smart-turn, words 300 ms"], unfinished, finished_words)
+    assert [(x.label, x.silence_ms) for x in short] == [("within", 288), ("end", None)]
+    assert [x.ended_ms for x in short] == [224, 224]  # seven chunks: the first >= 200 ms
+    assert not any(x.heard_in for x in short)  # 288 < 224 + the reply's 100 ms
+    assert [x.ended_ms for x in long] == [None, 320]  # back at 288, before 300
     assert short[0].turn_p and short[0].words == "I went home."
 
 
