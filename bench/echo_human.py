@@ -13,9 +13,9 @@ the bot pausing 150 ms after the user starts, as it does through the mesh). It g
 the server's canceller (``aec server``) or not (``aec off``: the raw mic). tiny.en hears the
 router's barge-in window (200 ms before the onset to 100 ms after the end), and the router's
 rule (actors/router/words.py ``interrupts``, with Whisper's no_speech and log-probability)
-decides whether the words take the floor. Counted per room: backchannels the echo turns into a stop, and turn
-starts that still take the floor. Offline, no mesh; the recordings as turns_human fetches
-them.
+decides whether the words take the floor. Counted per room: backchannels the echo turns
+into a stop, and turn starts that still take the floor. Offline, no mesh; the recordings as
+turns_human fetches them.
 """
 
 from __future__ import annotations
