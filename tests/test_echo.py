@@ -60,7 +60,10 @@ def piper_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProc]:
     # No warm spares: the spare ASR loads Whisper just as the first session starts, and on
     # two busy cores that starved Piper between the reply's chunks past router.watchdog_ms
     # (a `stuck_turn`, audio_end `failed`): a test of the startup's load, not of echo.
-    config = {"mesh": {"standby": []}}
+    # Steady Piper: the same reply, so the same echo, every run. With Piper's sampling noise
+    # one run in many leaked a pause (stop 37's clean-clone run); how often the echo does
+    # that on the voice as users hear it is bench/echo.py's false barge-ins a minute.
+    config = {"mesh": {"standby": []}, "tts": {"steady": True}}
     with mesh_up(tmp_path_factory.mktemp("echo"), tts="piper", config=config) as mesh:
         yield mesh
 
