@@ -70,7 +70,7 @@ def steady_piper() -> PiperSpeaker:
     whose seeds must be the only thing that varies."""
     from voxmesh.speech.piper_voice import PiperSpeaker
 
-    return PiperSpeaker(noise_scale=0.0, noise_w_scale=0.0)
+    return PiperSpeaker(steady=True)
 
 
 @functools.cache

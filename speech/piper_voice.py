@@ -57,8 +57,7 @@ class PiperSpeaker:
         trim_threshold: float = 0.002,
         trim_keep_ms: float = 5.0,
         length_scale: float | None = None,
-        noise_scale: float | None = None,
-        noise_w_scale: float | None = None,
+        steady: bool = False,
         volume: float = 1.0,
         normalize: bool = True,
         intra_op_threads: int | None = None,
@@ -91,13 +90,14 @@ class PiperSpeaker:
         if providers[0] != CPU and self.provider != CUDA:
             # onnxruntime falls back to the CPU by itself when CUDA cannot start.
             why = f"device {device} asked but {CUDA} did not start (CUDA or cuDNN libraries?)"
-        steady = " (steady: no sampling noise)" if noise_scale == 0 and noise_w_scale == 0 else ""
-        log.info("piper %s on %s: %s%s", self.model_path.stem, self.provider, why, steady)
+        quiet = " (steady: no sampling noise)" if steady else ""
+        log.info("piper %s on %s: %s%s", self.model_path.stem, self.provider, why, quiet)
         self.native_rate = config.sample_rate
         self.syn_config = SynthesisConfig(
             length_scale=length_scale,
-            noise_scale=noise_scale,
-            noise_w_scale=noise_w_scale,
+            # steady: no sampling noise, so a text gives the same audio; None: the voice's own
+            noise_scale=0.0 if steady else None,
+            noise_w_scale=0.0 if steady else None,
             volume=volume,
             normalize_audio=normalize,
         )

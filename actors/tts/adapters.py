@@ -206,8 +206,7 @@ def _piper_engine(opts: EngineOptions) -> Engine:
             None if voice == PIPER_DEFAULT else voice,
             device=opts.device,
             normalize=opts.level_dbfs is None,
-            noise_scale=0.0 if opts.steady else None,
-            noise_w_scale=0.0 if opts.steady else None,
+            steady=opts.steady,
         )
 
     return Engine(
