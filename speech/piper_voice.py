@@ -90,8 +90,8 @@ class PiperSpeaker:
         if providers[0] != CPU and self.provider != CUDA:
             # onnxruntime falls back to the CPU by itself when CUDA cannot start.
             why = f"device {device} asked but {CUDA} did not start (CUDA or cuDNN libraries?)"
-        quiet = " (steady: no sampling noise)" if steady else ""
-        log.info("piper %s on %s: %s%s", self.model_path.stem, self.provider, why, quiet)
+        noise = " (steady: no sampling noise)" if steady else ""
+        log.info("piper %s on %s: %s%s", self.model_path.stem, self.provider, why, noise)
         self.native_rate = config.sample_rate
         self.syn_config = SynthesisConfig(
             length_scale=length_scale,

@@ -316,24 +316,36 @@ def test_a_silent_mic_between_the_bots_words_does_not_let_the_next_words_echo_th
     assert gate.choose(echo, residual, 56.0 - 9.8 + DOMINANT_DB + 1, 35.0, 56.0, True) is not None
 
 
+def _far_end(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noise switched on and off three times a second: a far end the detector can time."""
+    on = np.sin(np.arange(n) / RATE * 2 * np.pi * 3) > -0.5
+    out: np.ndarray = (rng.normal(0, 3000, n) * on).astype(np.int16)
+    return out
+
+
+def _detect(ref: np.ndarray, mic: np.ndarray) -> tuple[EchoPath, float | None]:
+    """An EchoPath fed ``ref`` and ``mic`` (int16) frame by frame, and the second of audio
+    at which it first said ECHO (None: never)."""
+    path, found_at = EchoPath(), None
+    for i in range(0, ref.size, APM_FRAME):
+        r, m = ref[i : i + APM_FRAME], mic[i : i + APM_FRAME]
+        path.push(r, m, energy_db(r), energy_db(m))
+        if found_at is None and path.state == Path.ECHO:
+            found_at = i / RATE
+    return path, found_at
+
+
 def test_the_echo_path_starts_at_the_rooms_first_tap_not_its_strongest() -> None:
     # A weaker first path at 100 ms and the strongest 30 ms after it: the envelope that
     # gates the residual must follow the first, or the echo of a far-end onset arrives
     # before the gate expects it (a bench room did this, peak 37 ms after its direct path).
-    rng = np.random.default_rng(3)
     n = RATE * 3
-    ref = (rng.normal(0, 3000, n) * (np.sin(np.arange(n) / RATE * 2 * np.pi * 3) > -0.5)).astype(
-        np.int16
-    )
+    ref = _far_end(np.random.default_rng(3), n)
     first, strongest = RATE * 100 // 1000, RATE * 130 // 1000
     mic = np.zeros(n)
     mic[first:] += 0.06 * ref[: n - first]
     mic[strongest:] += 0.1 * ref[: n - strongest]
-    mic16 = mic.astype(np.int16)
-    path = EchoPath()
-    for i in range(0, n, APM_FRAME):
-        r, m = ref[i : i + APM_FRAME], mic16[i : i + APM_FRAME]
-        path.push(r, m, energy_db(r), energy_db(m))
+    path, _ = _detect(ref, mic.astype(np.int16))
     assert path.state == Path.ECHO
     assert path.lag is not None and path.onset_lag is not None
     assert abs(path.lag - strongest) <= 32
@@ -349,21 +361,12 @@ def test_an_echo_whose_strongest_tap_moves_between_two_is_found_as_soon_as_one(s
     # then two blocks).
     rng = np.random.default_rng(seed)
     n = RATE * 4
-    ref = (rng.normal(0, 3000, n) * (np.sin(np.arange(n) / RATE * 2 * np.pi * 3) > -0.5)).astype(
-        np.int16
-    )
+    ref = _far_end(rng, n)
     mic = rng.normal(0, 30, n)
     for ms in (100, 114):
         k = RATE * ms // 1000
         mic[k:] += 0.08 * ref[: n - k]
-    mic16 = mic.astype(np.int16)
-    path, found_at = EchoPath(), None
-    for i in range(0, n, APM_FRAME):
-        r, m = ref[i : i + APM_FRAME], mic16[i : i + APM_FRAME]
-        path.push(r, m, energy_db(r), energy_db(m))
-        if path.state == Path.ECHO:
-            found_at = i / RATE
-            break
+    path, found_at = _detect(ref, mic.astype(np.int16))
     assert found_at is not None and found_at <= 0.9
     assert path.onset_lag is not None and abs(path.onset_lag - RATE * 100 // 1000) <= 32
 

@@ -131,7 +131,10 @@ def barge_in_heard(session: str, text: str, no_speech: float, logprob: float) ->
     """What ASR made of speech over a reply (it decides: words stop the bot)."""
     log.debug(
         "barge-in session=%s: ASR heard %r (no_speech %.2f, logprob %.2f)",
-        *(session, text[:TEXT_MAX], no_speech, logprob),
+        session,
+        text[:TEXT_MAX],
+        no_speech,
+        logprob,
     )
 
 
